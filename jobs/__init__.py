@@ -1,0 +1,1 @@
+"""lmforge data plane: the jobs that run inside pods (data, train, eval, serve)."""

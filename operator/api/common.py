@@ -1,0 +1,178 @@
+"""Parts shared by several kinds: where work runs, how it is retried, where it stores, status."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import NAME_PATTERN, QUANTITY_PATTERN, URI_PATTERN, LocalRef, Model, Rule
+
+
+class Toleration(Model):
+    """A pod toleration, as in core/v1."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class PodResources(Model):
+    """What each pod gets and where it may run."""
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    """GPUs per pod (nvidia.com/gpu)."""
+    cpu: str = Field(default="1", pattern=QUANTITY_PATTERN)
+    """CPU request and limit per pod, a Kubernetes quantity."""
+    memory: str = Field(default="2Gi", pattern=QUANTITY_PATTERN)
+    """Memory request and limit per pod, a Kubernetes quantity."""
+    image: str | None = None
+    """Container image; the operator's default for the kind when unset."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    pod_template: dict[str, Any] | None = None
+    """A pod template overlay merged into every pod (strategic-merge style), e.g. extra volumes."""
+
+
+class Resources(PodResources):
+    """Worker pods of a training-type job: `nodes` pods, each running `processesPerNode` ranks."""
+
+    nodes: int = Field(default=1, ge=1, le=1024)
+    """Worker pods; torchrun's --nnodes."""
+    processes_per_node: int = Field(default=1, ge=1, le=64)
+    """Ranks per pod; torchrun's --nproc-per-node. Usually the GPUs per node."""
+
+    rules = (
+        Rule(
+            "self.gpus == 0 || self.processesPerNode <= self.gpus",
+            "must not exceed gpus: each process drives one GPU",
+            ".processesPerNode",
+        ),
+    )
+
+
+class RunPolicy(Model):
+    """How a run is retried, bounded, cleaned up and paused (as in Kubeflow's RunPolicy)."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Gang restarts allowed after failures before the run is Failed."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Wall-clock limit for the whole run, restarts included."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the child objects this long after the run finished (checkpoints are kept)."""
+    suspend: bool = False
+    """Stop the pods and keep checkpoints; setting it back to false resumes."""
+
+
+class Storage(Model):
+    """Object storage for outputs. Credentials come from a Secret, never from the spec."""
+
+    uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """URI prefix (s3://bucket/prefix, file:///path); the operator's default when unset."""
+    secret_name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the provider's equivalents)."""
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://.+")
+    """S3 endpoint for S3-compatible stores (MinIO, Ceph, a local test server)."""
+
+
+class ModelSource(Model):
+    """Where a base model comes from: exactly one of a PretrainJob, a FineTune or a URI."""
+
+    pretrain_job_ref: LocalRef | None = None
+    fine_tune_ref: LocalRef | None = None
+    uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """A Hugging Face Llama checkpoint directory (config.json + *.safetensors + tokenizer)."""
+
+    rules = (
+        Rule(
+            "(has(self.pretrainJobRef) ? 1 : 0) + (has(self.fineTuneRef) ? 1 : 0)"
+            " + (has(self.uri) ? 1 : 0) == 1",
+            "set exactly one of pretrainJobRef, fineTuneRef or uri",
+        ),
+    )
+
+
+class ModelRef(Model):
+    """A trained model: the output of a PretrainJob or a FineTune."""
+
+    kind: Literal["PretrainJob", "FineTune"] = "FineTune"
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+
+
+class Workload(Model):
+    """The fields every workload kind shares."""
+
+    resources: Resources = Field(default_factory=Resources)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    storage: Storage = Field(default_factory=Storage)
+
+
+# ----- status -----
+
+
+class Condition(Model):
+    """A condition, as in metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Artifact(Model):
+    """An input or output of a resource, with its digest when known."""
+
+    uri: str
+    digest: str | None = None
+    kind: str | None = None
+    name: str | None = None
+
+
+class Lineage(Model):
+    """Every input and output, so that 'which models were trained on this source' has an answer."""
+
+    inputs: list[Artifact] = Field(default_factory=list)
+    outputs: list[Artifact] = Field(default_factory=list)
+    image: str | None = None
+    parent_checkpoint: str | None = None
+    code_version: str | None = None
+
+
+class Checkpoint(Model):
+    """The newest committed checkpoint."""
+
+    step: int
+    uri: str
+    time: str | None = None
+
+
+Phase = Literal["Pending", "Waiting", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class Status(Model):
+    """What every kind reports."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    lineage: Lineage | None = None
+
+
+class TrainingStatus(Status):
+    """Progress of a training-type run, read from the trainer's progress file."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    progress: str | None = None
+    """step/total, for `kubectl get`."""
+    tokens: int | None = None
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    restarts: int = 0
+    last_checkpoint: Checkpoint | None = None

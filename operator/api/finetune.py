@@ -1,0 +1,124 @@
+"""FineTune: continue training a base model with SFT, DPO, or PPO/GRPO against a RewardModel."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .base import URI_PATTERN, LocalRef, Model, Rule, immutable
+from .common import ModelSource, TrainingStatus
+from .resource import Column, Resource
+from .training import TrainingWorkload
+
+
+class Lora(Model):
+    """Train low-rank adapters instead of every weight; merged into the model on export."""
+
+    rank: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=64
+    )
+
+
+class Examples(Model):
+    """jsonl rows for SFT: {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}."""
+
+    uri: str = Field(pattern=URI_PATTERN)
+    validation_fraction: float = Field(default=0.05, ge=0, lt=1)
+
+
+class Preferences(Model):
+    """Ranked responses per prompt: rows {"prompt", "responses": [best, ..., worst]} (k >= 2), or
+    {"prompt", "chosen", "rejected"}. From a URI, or the feedback a Deployment collected."""
+
+    uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    deployment_ref: LocalRef | None = None
+    """Use the preference data recorded by this Deployment's /v1/feedback."""
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+
+    rules = (
+        Rule("has(self.uri) != has(self.deploymentRef)", "set exactly one of uri or deploymentRef"),
+    )
+
+
+class Prompts(Model):
+    """jsonl rows {"prompt"} to generate rollouts from, for PPO and GRPO."""
+
+    uri: str = Field(pattern=URI_PATTERN)
+
+
+class Dpo(Model):
+    beta: float = Field(default=0.1, gt=0, le=10)
+    """Strength of the implicit KL constraint to the reference model."""
+    reference: ModelSource | None = None
+    """The frozen reference model; the base model when unset."""
+
+
+class Rl(Model):
+    """PPO / GRPO rollouts and the KL penalty to the reference (base) model."""
+
+    kl_coef: float = Field(default=0.05, ge=0)
+    samples_per_prompt: int = Field(default=4, ge=1, le=256)
+    """Rollouts per prompt; GRPO's group size."""
+    max_new_tokens: int = Field(default=128, ge=1, le=32768)
+    temperature: float = Field(default=1.0, gt=0, le=10)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    clip_range: float = Field(default=0.2, gt=0, le=1)
+    epochs_per_rollout: int = Field(default=1, ge=1, le=64)
+
+
+class FineTuneSpec(TrainingWorkload):
+    base_model: ModelSource = immutable()
+    method: Literal["sft", "dpo", "ppo", "grpo"] = immutable(default="sft")
+    lora: Lora | None = None
+    """Set to train LoRA adapters; unset trains every weight."""
+    data: Examples | None = None
+    """SFT examples (method sft)."""
+    preferences: Preferences | None = None
+    """Preference data (method dpo)."""
+    prompts: Prompts | None = None
+    """Prompts for rollouts (methods ppo and grpo)."""
+    reward_model_ref: LocalRef | None = None
+    """The RewardModel that scores rollouts (methods ppo and grpo)."""
+    dpo: Dpo = Field(default_factory=Dpo)
+    rl: Rl = Field(default_factory=Rl)
+
+    rules = (
+        Rule("self.method != 'sft' || has(self.data)", "method sft needs spec.data", ".data"),
+        Rule(
+            "self.method != 'dpo' || has(self.preferences)",
+            "method dpo needs spec.preferences",
+            ".preferences",
+        ),
+        Rule(
+            "!(self.method in ['ppo', 'grpo']) || has(self.rewardModelRef)",
+            "methods ppo and grpo need spec.rewardModelRef",
+            ".rewardModelRef",
+        ),
+        Rule(
+            "!(self.method in ['ppo', 'grpo']) || has(self.prompts)",
+            "methods ppo and grpo need spec.prompts",
+            ".prompts",
+        ),
+    )
+
+
+class FineTune(Resource):
+    """A base model trained further: SFT (full or LoRA), DPO, or PPO/GRPO against a RewardModel."""
+
+    kind: Literal["FineTune"] = "FineTune"
+    spec: FineTuneSpec
+    status: TrainingStatus | None = None
+
+    plural: ClassVar = "finetunes"
+    short_names: ClassVar = ("ft",)
+    columns: ClassVar = (
+        Column("Method", ".spec.method"),
+        Column("Phase", ".status.phase"),
+        Column("Step", ".status.progress"),
+        Column("Loss", ".status.loss", "number"),
+        Column("Restarts", ".status.restarts", "integer", priority=1),
+    )

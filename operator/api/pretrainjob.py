@@ -1,0 +1,36 @@
+"""PretrainJob: train a decoder-only transformer from scratch on a Dataset."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from .architecture import Architecture
+from .base import LocalRef, immutable
+from .common import TrainingStatus
+from .resource import Column, Resource
+from .training import TrainingWorkload
+
+
+class PretrainJobSpec(TrainingWorkload):
+    dataset_ref: LocalRef = immutable()
+    """The Dataset whose train split is read; its tokenizer sets the vocabulary."""
+    model: Architecture = immutable()
+    """The architecture; fixed for the life of the run, since checkpoints depend on it."""
+
+
+class PretrainJob(Resource):
+    """A decoder-only transformer trained from scratch on a Dataset, resuming by itself."""
+
+    kind: Literal["PretrainJob"] = "PretrainJob"
+    spec: PretrainJobSpec
+    status: TrainingStatus | None = None
+
+    plural: ClassVar = "pretrainjobs"
+    short_names: ClassVar = ("ptj",)
+    columns: ClassVar = (
+        Column("Phase", ".status.phase"),
+        Column("Step", ".status.progress"),
+        Column("Loss", ".status.loss", "number"),
+        Column("Restarts", ".status.restarts", "integer"),
+        Column("Tokens/s", ".status.tokensPerSecond", "number", priority=1),
+    )

@@ -1,0 +1,52 @@
+"""The envelope of every kind: apiVersion, kind, metadata, spec, status, and its CRD facts."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import API_VERSION, NAME_PATTERN, Model
+
+
+class Column(NamedTuple):
+    """A printer column for `kubectl get`."""
+
+    name: str
+    json_path: str
+    type: str = "string"
+    priority: int = 0
+
+    def schema(self) -> dict[str, Any]:
+        out = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.priority:
+            out["priority"] = self.priority
+        return out
+
+
+class ObjectMeta(BaseModel):
+    """The part of metav1.ObjectMeta a manifest sets; the rest is the API server's."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    """Child objects are named after it (<name>-worker-<i>), so a DNS label."""
+    namespace: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Resource(Model):
+    """One lmforge object. Subclasses set kind, spec and status types and the CRD facts."""
+
+    api_version: Literal["lmforge.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+    spec: Model
+    status: Model | None = None
+
+    plural: ClassVar[str]
+    short_names: ClassVar[tuple[str, ...]]
+    columns: ClassVar[tuple[Column, ...]]
+    # Shown after the kind's own columns, as every built-in kind does.
+    age: ClassVar = Column("Age", ".metadata.creationTimestamp", "date")

@@ -1,0 +1,41 @@
+"""RewardModel: a scalar reward head trained on ranked preferences (Bradley-Terry over pairs)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from .base import immutable
+from .common import ModelSource, TrainingStatus
+from .finetune import Preferences
+from .resource import Column, Resource
+from .training import TrainingWorkload
+
+
+class RewardModelSpec(TrainingWorkload):
+    base_model: ModelSource = immutable()
+    """The language model whose final hidden state the reward head reads."""
+    preferences: Preferences
+    loss: Literal["bradleyTerry", "plackettLuce"] = "bradleyTerry"
+    """bradleyTerry: over every ordered pair of a ranking; plackettLuce: the whole ranking."""
+
+
+class RewardModelStatus(TrainingStatus):
+    accuracy: float | None = None
+    """Held-out pairwise accuracy: how often the better response scores higher."""
+
+
+class RewardModel(Resource):
+    """A reward model trained on ranked preferences, for PPO/GRPO and for ranking outputs."""
+
+    kind: Literal["RewardModel"] = "RewardModel"
+    spec: RewardModelSpec
+    status: RewardModelStatus | None = None
+
+    plural: ClassVar = "rewardmodels"
+    short_names: ClassVar = ("rm",)
+    columns: ClassVar = (
+        Column("Phase", ".status.phase"),
+        Column("Step", ".status.progress"),
+        Column("Accuracy", ".status.accuracy", "number"),
+        Column("Loss", ".status.loss", "number", priority=1),
+    )

@@ -1,0 +1,103 @@
+"""How a model is trained: batch, length, optimizer, schedule, precision, parallelism, saves."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import URI_PATTERN, Model, Rule
+from .common import Workload
+
+
+class Optimizer(Model):
+    """AdamW."""
+
+    lr: float = Field(default=3e-4, gt=0, le=1)
+    """Peak learning rate, reached at the end of warmup."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+
+
+class Schedule(Model):
+    """Linear warmup, then decay to minLrRatio * lr at the last step."""
+
+    type: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(default=100, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+
+
+class Parallelism(Model):
+    """How ranks share the model. The number of ranks is resources.nodes * processesPerNode."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp replicates the model on every rank; fsdp (FSDP2) shards parameters and optimizer."""
+
+
+class CheckpointPolicy(Model):
+    """Distributed checkpoints; a run resumes from the newest committed one by itself."""
+
+    uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """Where step-<N>/ directories go; <storage.uri>/<kind>/<name>/checkpoints when unset."""
+    every_steps: int = Field(default=100, ge=1)
+    keep: int = Field(default=3, ge=1, le=1000)
+    """Committed checkpoints kept; older ones are deleted after a newer one commits."""
+    async_save: bool = False
+    """Write in the background while training continues."""
+
+
+class Validation(Model):
+    """Validation loss and perplexity during training."""
+
+    every_steps: int = Field(default=100, ge=1)
+    batches: int = Field(default=10, ge=1)
+
+
+class Training(Model):
+    """The training run. Either steps or tokens sets its length."""
+
+    global_batch_tokens: int = Field(default=65536, ge=16)
+    """Tokens per optimizer step over all ranks; gradient accumulation makes up the rest."""
+    micro_batch: int = Field(default=8, ge=1, le=4096)
+    """Sequences per rank per forward/backward."""
+    steps: int | None = Field(default=None, ge=1)
+    tokens: int | None = Field(default=None, ge=1)
+    """Train for this many tokens; steps = tokens / globalBatchTokens."""
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    grad_clip: float = Field(default=1.0, ge=0)
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """auto: bf16 mixed precision on GPUs that support it, fp32 on CPU."""
+    activation_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile the model."""
+    seed: int = Field(default=0, ge=0)
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    validation: Validation = Field(default_factory=Validation)
+
+    rules = (
+        Rule(
+            "has(self.steps) != has(self.tokens)",
+            "set exactly one of steps or tokens",
+        ),
+    )
+
+
+class TrainingWorkload(Workload):
+    """The fields every training-type kind shares."""
+
+    training: Training
+
+    rules = (
+        Rule(
+            "self.training.parallelism.strategy != 'fsdp'"
+            " || self.resources.nodes * self.resources.processesPerNode > 1",
+            "fsdp shards the model over ranks and needs more than one: raise resources.nodes or"
+            " resources.processesPerNode, or use strategy ddp",
+            ".training.parallelism.strategy",
+        ),
+    )

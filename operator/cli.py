@@ -1,0 +1,88 @@
+"""The `lmforge` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from . import manifest
+from .api import KINDS
+from .api.crd import crd
+from .api.reference import markdown
+from .validate import validate
+
+
+def generated(crd_dir: Path, docs: Path) -> dict[Path, str]:
+    """Every file generated from the API models: one CRD per kind and the API reference."""
+    out = {
+        crd_dir / f"{k.plural}.lmforge.dev.yaml": manifest.dump([crd(k)]) for k in KINDS.values()
+    }
+    out[docs] = markdown()
+    return out
+
+
+def crds(args: argparse.Namespace) -> int:
+    files = generated(args.dir, args.docs)
+    stale = sorted(set(args.dir.glob("*.yaml")) - set(files))
+    if args.check:
+        differ = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+        for path in differ + stale:
+            print(f"{path}: out of date; run `lmforge crds` and commit the result", file=sys.stderr)
+        return 1 if differ or stale else 0
+    for path in stale:
+        path.unlink()
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    count, failed = 0, False
+    for path in args.file:
+        resources, problems = validate(path)
+        count += len(resources)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        failed = failed or bool(problems)
+    print(f"{count} valid resource(s)" + (", errors above" if failed else ""))
+    return 1 if failed else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Build a large language model from the ground up, on Kubernetes or here.",
+    )
+    top.add_argument("--version", action="version", version=f"lmforge {version('lmforge')}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("crds", help="generate the CRDs and API reference from the models")
+    sub.add_argument("--check", action="store_true", help="fail if the files are out of date")
+    sub.add_argument("--dir", type=Path, default=Path("manifests/crds"))
+    sub.add_argument("--docs", type=Path, default=Path("docs/api.md"))
+    sub.set_defaults(run=crds)
+
+    sub = commands.add_parser("validate", help="check resource files without a cluster")
+    sub.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        action="append",
+        required=True,
+        help="a YAML file or a folder of them (repeatable)",
+    )
+    sub.set_defaults(run=validate_command)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
