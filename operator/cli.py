@@ -52,6 +52,35 @@ def validate_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def data_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lmforge.jobs.data.job import run_with_progress  # the data extra: pyarrow, tokenizers
+    from lmforge.jobs.data.pipeline import DataError
+
+    resources, problems = validate(args.file)
+    datasets = [r for r in resources if r.kind == "Dataset"]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems or len(datasets) != 1:
+        if not problems:
+            print(f"{args.file}: expected one Dataset, found {len(datasets)}", file=sys.stderr)
+        return 1
+    dataset = datasets[0]
+    output = args.output or dataset.spec.output.uri or dataset.artifact_uri(default_storage())
+    try:
+        run_with_progress(dataset, output, Console())
+    except DataError as error:
+        print(f"{args.file}: Dataset/{dataset.metadata.name}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def default_storage() -> str:
+    """Object storage when a spec names none: a folder under the working directory."""
+    return (Path.cwd() / ".lmforge" / "storage").as_uri()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lmforge",
@@ -76,6 +105,15 @@ def parser() -> argparse.ArgumentParser:
         help="a YAML file or a folder of them (repeatable)",
     )
     sub.set_defaults(run=validate_command)
+
+    data = commands.add_parser("data", help="run the Dataset job here").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND"
+    )
+    sub = data.add_parser("run", help="build a Dataset's shards from its sources")
+    sub.add_argument("-f", "--file", type=Path, required=True, help="a file with one Dataset")
+    sub.add_argument("--output", help="output URI (default: spec.output.uri, else under storage)")
+    sub.set_defaults(run=data_run)
+
     return top
 
 

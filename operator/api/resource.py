@@ -48,5 +48,11 @@ class Resource(Model):
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]
     columns: ClassVar[tuple[Column, ...]]
+
+    def artifact_uri(self, default_root: str) -> str:
+        """Where this resource's outputs go: <storage.uri>/<kind>/<name>/."""
+        root = (getattr(self.spec, "storage", None) and self.spec.storage.uri) or default_root
+        return f"{root.rstrip('/')}/{self.kind.lower()}/{self.metadata.name}"
+
     # Shown after the kind's own columns, as every built-in kind does.
     age: ClassVar = Column("Age", ".metadata.creationTimestamp", "date")

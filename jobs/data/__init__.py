@@ -1,0 +1,1 @@
+"""The Dataset job: raw text in; cleaned, deduplicated, filtered, tokenized Arrow shards out."""

@@ -1,0 +1,43 @@
+"""Object storage through fsspec: any URI it reads (file://, s3://, ...), and atomic writes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .stdlib import register
+
+register()
+
+
+def options(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """fsspec options for a URI. Credentials come from the environment (AWS_ACCESS_KEY_ID ...)."""
+    if endpoint_url and uri.startswith("s3://"):
+        return {"endpoint_url": endpoint_url}
+    return {}
+
+
+def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.url_to_fs(uri, **options(uri, endpoint_url))
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Readers see the old object or the new one, never a part: rename on local disks; object
+    stores already make a PUT visible only once it is complete."""
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])

@@ -1,0 +1,71 @@
+"""Tokenizers (Hugging Face tokenizers): train a byte-level BPE or load a tokenizer.json; pack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lmforge.operator.api.dataset import TokenizerTraining
+
+from .storage import filesystem
+
+# Names other tokenizers give their end-of-text token, for tokenizer.json files we load.
+_EOS_NAMES = ("<|eos|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+def train(texts: Iterable[str], config: TokenizerTraining) -> Tokenizer:
+    """A byte-level BPE: every byte is in the alphabet, so no text is ever out of vocabulary."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=config.special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load(uri: str, endpoint_url: str | None = None) -> Tokenizer:
+    fs, path = filesystem(uri, endpoint_url)
+    try:
+        return Tokenizer.from_str(fs.cat_file(path).decode())
+    except Exception as error:  # OSError from storage; tokenizers raises plain Exception
+        raise ValueError(f"spec.tokenizer.uri: cannot load {uri}: {error}") from error
+
+
+def eos_id(tokenizer: Tokenizer) -> int:
+    for name in _EOS_NAMES:
+        if (token := tokenizer.token_to_id(name)) is not None:
+            return token
+    raise ValueError(f"the tokenizer has no end-of-text token; add one of {', '.join(_EOS_NAMES)}")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def encode(
+    tokenizer: Tokenizer, texts: list[str], eos: int, dtype: np.dtype
+) -> tuple[np.ndarray, list[int]]:
+    """All texts as one stream of token ids, each document followed by EOS; and their lengths."""
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    lengths = [len(e.ids) + 1 for e in encodings]
+    stream = np.empty(sum(lengths), dtype=dtype)
+    offset = 0
+    for encoding, length in zip(encodings, lengths, strict=True):
+        stream[offset : offset + length - 1] = encoding.ids
+        stream[offset + length - 1] = eos
+        offset += length
+    return stream, lengths
+
+
+def pack(stream: np.ndarray, sequence_length: int) -> np.ndarray:
+    """Fixed-length rows; the tail shorter than one row is dropped."""
+    rows = len(stream) // sequence_length
+    return stream[: rows * sequence_length].reshape(rows, sequence_length)

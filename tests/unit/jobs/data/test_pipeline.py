@@ -1,0 +1,164 @@
+"""The Dataset job end to end on a generated corpus: counts, determinism, atomicity, S3."""
+
+import json
+import random
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from lmforge.jobs.data import pipeline, shards
+from lmforge.jobs.data.reader import ShardReader
+
+from .conftest import merge
+
+
+def write_corpus(folder: Path, words: list[str]) -> dict[str, int]:
+    """jsonl files with planted exact duplicates, PII, blocklisted and too-short documents."""
+    rng = random.Random(0)
+    docs = [" ".join(rng.choices(words, k=rng.randint(40, 120))) for _ in range(60)]
+    planted = {"exact": 5, "short": 4, "blocked": 3, "email": 6}
+    docs += docs[: planted["exact"]]
+    docs += ["tiny"] * planted["short"]
+    docs += [f"{d} forbiddenword" for d in docs[10 : 10 + planted["blocked"]]]
+    docs = [f"{d} mail me at user{i}@example.com" if 20 <= i < 20 + planted["email"] else d
+            for i, d in enumerate(docs)]  # fmt: skip
+    rng.shuffle(docs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in range(3):
+        rows = docs[part::3]
+        (folder / f"part-{part}.jsonl").write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in rows)
+        )
+    return planted | {"total": len(docs)}
+
+
+@pytest.fixture
+def corpus(tmp_path, words):
+    planted = write_corpus(tmp_path / "raw", words)
+    return tmp_path, planted
+
+
+BUILD = {"cleaning": {"minChars": 10}, "filters": {"blocklist": {"words": ["forbiddenword"]}},
+         "deduplication": {"near": {"enabled": False}}}  # fmt: skip
+
+
+def build(spec, corpus, output: str, uri: str | None = None, **override):
+    uri = uri or f"{corpus[0].as_uri()}/raw/*.jsonl"
+    config = spec([{"uri": uri, "format": "jsonl"}], **merge(BUILD, override))
+    return pipeline.run(config, output)
+
+
+def read(uri: str) -> bytes:
+    fs, path = fsspec.url_to_fs(uri)
+    return fs.cat_file(path)
+
+
+def test_counts_shards_and_manifest(spec, corpus):
+    folder, planted = corpus
+    out = (folder / "out").as_uri()
+    manifest = build(spec, corpus, out)
+    audit = json.loads(read(f"{out}/{manifest['audit']['path']}"))
+    assert audit["documents"]["read"] == planted["total"]
+    assert audit["removed"] == {"blocklist": planted["blocked"], "exactDuplicates": planted["exact"],
+                                "length": planted["short"]}  # fmt: skip
+    assert audit["pii"] == {"email": planted["email"]}
+    assert audit["blocklistHits"] == {"forbiddenword": planted["blocked"]}
+    kept = planted["total"] - planted["blocked"] - planted["exact"] - planted["short"]
+    assert audit["documents"]["kept"] == kept
+    assert sum(s["documents"] for s in manifest["splits"].values()) == kept
+    for split in manifest["splits"].values():
+        assert (
+            split["tokens"] == split["sequences"] * 16 == sum(s["tokens"] for s in split["shards"])
+        )
+        for shard in split["shards"]:
+            assert shards.digest(read(f"{out}/{shard['path']}")) == shard["digest"]
+    assert (
+        shards.digest(read(f"{out}/{manifest['tokenizer']['path']}"))
+        == manifest["tokenizer"]["digest"]
+    )
+    assert manifest["sources"][0]["files"] == 3 and manifest["dtype"] == "uint16"
+
+
+def test_engines_and_worker_counts_build_identical_datasets(spec, corpus):
+    folder, _ = corpus
+    one = build(spec, corpus, (folder / "one").as_uri(), engine={"workers": 1})
+    two = build(spec, corpus, (folder / "two").as_uri(), engine={"workers": 2})
+    one.pop("seconds"), two.pop("seconds")
+    assert one == two
+    for shard in one["splits"]["train"]["shards"]:
+        assert read(f"{(folder / 'one').as_uri()}/{shard['path']}") == read(
+            f"{(folder / 'two').as_uri()}/{shard['path']}"
+        )
+
+
+def test_rerun_is_a_no_op_and_a_changed_config_rebuilds(spec, corpus):
+    folder, _ = corpus
+    out = (folder / "out").as_uri()
+    first = build(spec, corpus, out)
+    again = build(spec, corpus, out)
+    assert "seconds" in first and "seconds" not in again  # nothing was built the second time
+    changed = build(spec, corpus, out, packing={"sequenceLength": 32})
+    assert changed["configDigest"] != first["configDigest"] and changed["sequenceLength"] == 32
+    builds = [p.name for p in (folder / "out").iterdir() if p.name.startswith("data-")]
+    assert builds == [changed["splits"]["train"]["shards"][0]["path"].split("/")[0]]
+
+
+def test_a_crash_before_the_manifest_keeps_the_last_good_dataset(spec, corpus, monkeypatch):
+    folder, _ = corpus
+    out = (folder / "out").as_uri()
+    good = build(spec, corpus, out)
+    write_json = shards.write_json
+
+    def crash_at_manifest(fs, root, name, value):
+        if name == shards.MANIFEST:
+            raise KeyboardInterrupt("killed")
+        return write_json(fs, root, name, value)
+
+    monkeypatch.setattr(shards, "write_json", crash_at_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        build(spec, corpus, out, packing={"sequenceLength": 32})
+    monkeypatch.undo()
+    reader = ShardReader(out)  # still the good dataset, every shard intact
+    assert reader.manifest["configDigest"] == good["configDigest"]
+    for shard in good["splits"]["train"]["shards"]:
+        assert shards.digest(read(f"{out}/{shard['path']}")) == shard["digest"]
+
+
+def test_nothing_left_after_filtering_says_why(spec, corpus):
+    total = corpus[1]["total"]
+    with pytest.raises(
+        pipeline.DataError,
+        match=f"no documents left to train on: {total} documents"
+        f" read from 3 files; {total} removed by length. Loosen spec.cleaning",
+    ):
+        build(spec, corpus, (corpus[0] / "out").as_uri(), cleaning={"minChars": 100_000})
+
+
+def test_sources_and_output_on_s3(spec, corpus, bucket, s3_endpoint):
+    folder, _ = corpus
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    for file in (folder / "raw").iterdir():
+        fs.put_file(str(file), f"{bucket[5:]}/raw/{file.name}")
+    out = f"{bucket}/dataset"
+    remote = build(spec, corpus, out, f"{bucket}/raw/*.jsonl", storage={"endpointUrl": s3_endpoint})
+    local = build(spec, corpus, (folder / "local").as_uri())
+    remote_audit = json.loads(fs.cat_file(f"{out[5:]}/{remote['audit']['path']}"))
+    local_audit = json.loads(read(f"{(folder / 'local').as_uri()}/{local['audit']['path']}"))
+    for key in ("documents", "removed", "pii", "blocklistHits"):
+        assert remote_audit[key] == local_audit[key]
+    assert remote["sources"][0]["files"] == 3
+    reader = ShardReader(f"{bucket}/dataset", endpoint_url=s3_endpoint, cache_dir=str(folder / "c"))
+    first = next(reader.batches(2))
+    assert first.shape == (2, 16)
+    again = build(spec, corpus, out, f"{bucket}/raw/*.jsonl", storage={"endpointUrl": s3_endpoint})
+    assert "seconds" not in again  # complete: nothing to do
+
+
+def test_an_unreachable_bucket_is_a_clear_error(spec):
+    config = spec([{"uri": "s3://nowhere/*.jsonl", "format": "jsonl"}],
+                  storage={"endpointUrl": "http://127.0.0.1:9"})  # fmt: skip
+    with pytest.raises(
+        pipeline.DataError, match=r"spec.sources\[0\].uri: cannot list s3://nowhere"
+    ):
+        pipeline.run(config, "file:///tmp/never")
