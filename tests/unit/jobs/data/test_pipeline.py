@@ -81,15 +81,17 @@ def test_counts_shards_and_manifest(spec, corpus):
 
 
 def test_engines_and_worker_counts_build_identical_datasets(spec, corpus):
+    """Local with 1 and 2 workers and Ray Data: the same manifest and the same shard bytes."""
     folder, _ = corpus
-    one = build(spec, corpus, (folder / "one").as_uri(), engine={"workers": 1})
-    two = build(spec, corpus, (folder / "two").as_uri(), engine={"workers": 2})
-    one.pop("seconds"), two.pop("seconds")
-    assert one == two
-    for shard in one["splits"]["train"]["shards"]:
-        assert read(f"{(folder / 'one').as_uri()}/{shard['path']}") == read(
-            f"{(folder / 'two').as_uri()}/{shard['path']}"
-        )
+    engines = {"one": {"workers": 1}, "two": {"workers": 2}, "ray": {"type": "ray", "workers": 2}}
+    built = {name: build(spec, corpus, (folder / name).as_uri(), engine=engine)
+             for name, engine in engines.items()}  # fmt: skip
+    for manifest in built.values():
+        manifest.pop("seconds")
+    assert built["one"] == built["two"] == built["ray"]
+    for shard in built["one"]["splits"]["train"]["shards"]:
+        contents = {read(f"{(folder / name).as_uri()}/{shard['path']}") for name in engines}
+        assert len(contents) == 1
 
 
 def test_rerun_is_a_no_op_and_a_changed_config_rebuilds(spec, corpus):
