@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from . import manifest
+from . import manifest, plan
 from .api import KINDS
 from .api.crd import crd
 from .api.reference import markdown
@@ -114,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", help="output URI (default: spec.output.uri, else under storage)")
     sub.set_defaults(run=data_run)
 
+    sub = commands.add_parser(
+        "plan", help="estimate memory, throughput and cost of a training run before it runs"
+    )
+    plan.add_arguments(sub)
+    sub.set_defaults(run=plan.run)
     return top
 
 

@@ -1,0 +1,249 @@
+"""To and from Hugging Face Llama checkpoints: config.json + model.safetensors (+ tokenizer).
+
+Our parameter names are LlamaForCausalLM's (see jobs/model.py), so both directions copy tensors
+as they are: no renaming, no dtype change, so load(export(m)) is bit for bit. A directory may be
+a local path or any fsspec URI (s3://, gs://, memory://); a local one needs no fsspec.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file, save, save_file
+
+from lmforge.operator.api.architecture import Architecture
+
+from .sizing import parameter_shapes
+
+CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+
+
+def export(
+    model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor],
+    arch: Architecture,
+    out_dir: str | Path,
+    tokenizer_json_path: str | Path | None = None,
+) -> str:
+    """Write a LlamaForCausalLM checkpoint directory; returns its location.
+
+    Tensors are written in the dtype they have (cast the model first for a bf16 export). For a
+    sharded (FSDP) model pass a full state dict gathered on one rank. When embeddings are tied,
+    lm_head.weight is left out, as Hugging Face does.
+    """
+    arch = arch.resolved()
+    state = model_or_state_dict
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    _check_tying(tensors, arch)
+    if arch.tied_embeddings:
+        tensors.pop("lm_head.weight", None)
+    check_tensors(tensors, arch, "state dict")
+    dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+    out = str(out_dir)
+    _write(out, CONFIG, json.dumps(llama_config(arch, dtype), indent=2).encode())
+    fs, path = _filesystem(out)
+    if fs is None:
+        save_file(tensors, f"{path}/{WEIGHTS}", metadata={"format": "pt"})
+    else:
+        fs.pipe_file(f"{path}/{WEIGHTS}", save(tensors, metadata={"format": "pt"}))
+    if tokenizer_json_path is not None:
+        _write(out, TOKENIZER, Path(tokenizer_json_path).read_bytes())
+        tokenizer_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": arch.context_length,
+        }
+        _write(out, TOKENIZER_CONFIG, json.dumps(tokenizer_config, indent=2).encode())
+    return out
+
+
+def llama_config(arch: Architecture, dtype: str = "float32") -> dict:
+    """config.json for LlamaForCausalLM with this shape."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.d_model,
+        "intermediate_size": arch.ffn_size,
+        "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads,
+        "num_key_value_heads": arch.kv_heads,
+        "head_dim": arch.d_model // arch.heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": arch.context_length,
+        "rms_norm_eps": arch.norm_eps,
+        # transformers 5 reads rope_parameters; 4.x and most other readers read rope_theta.
+        "rope_theta": arch.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": arch.rope_theta},
+        "tie_word_embeddings": arch.tied_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        # Special tokens belong to the tokenizer; unset here rather than Llama's defaults (1, 2).
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+
+
+def load(uri: str | Path) -> tuple[Architecture, dict[str, torch.Tensor]]:
+    """Read a Llama checkpoint directory: its Architecture and a state dict for Transformer.
+
+    Reads model.safetensors, or the shards a model.safetensors.index.json lists. With tied
+    embeddings the state dict has lm_head.weight as the same tensor as the embedding, so
+    `Transformer(arch).load_state_dict(state)` works with strict=True.
+    """
+    uri = str(uri).rstrip("/")
+    config = _read_json(uri, CONFIG)
+    if config is None:
+        raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
+    arch = architecture_from_config(config, f"{uri}/{CONFIG}")
+    tensors, where = _read_weights(uri)
+    if arch.tied_embeddings:
+        tensors.pop("lm_head.weight", None)  # some exporters write the tied copy; it is ignored
+    check_tensors(tensors, arch, where)
+    if arch.tied_embeddings:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    return arch, tensors
+
+
+def architecture_from_config(config: dict, where: str) -> Architecture:
+    """The Architecture a Llama config.json describes; ValueError for anything we can't run."""
+    if not isinstance(config, dict) or config.get("model_type") != "llama":
+        got = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{where}: model_type is {got!r}; only 'llama' checkpoints can be loaded")
+    supported = (
+        ("hidden_act", config.get("hidden_act", "silu"), "silu"),
+        ("attention_bias", bool(config.get("attention_bias")), False),
+        ("mlp_bias", bool(config.get("mlp_bias")), False),
+        ("rope_parameters.rope_type", _rope_type(config), "default"),  # no RoPE scaling
+    )
+    for field, got, want in supported:
+        if got != want:
+            raise ValueError(f"{where}: {field} is {got!r}; this model supports only {want!r}")
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    for field in (*required, "vocab_size", "max_position_embeddings"):
+        if not isinstance(config.get(field), int):
+            raise ValueError(f"{where}: {field} is missing or not an integer")
+    heads, d_model = config["num_attention_heads"], config["hidden_size"]
+    if config.get("head_dim") not in (None, d_model // heads):
+        raise ValueError(f"{where}: head_dim {config['head_dim']} is not hidden_size / heads")
+    rope = config.get("rope_parameters") or {}
+    fields = dict(
+        layers=config["num_hidden_layers"],
+        d_model=d_model,
+        heads=heads,
+        kv_heads=config.get("num_key_value_heads") or heads,
+        ffn_size=config["intermediate_size"],
+        context_length=config["max_position_embeddings"],
+        vocab_size=config["vocab_size"],
+        rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        norm_eps=config.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+    try:
+        return Architecture(**fields).resolved()
+    except ValueError as e:
+        raise ValueError(f"{where}: the shape it describes is not valid here: {e}") from e
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], arch: Architecture, where: str) -> None:
+    """Every parameter present with the shape arch implies, and nothing else."""
+    expected = parameter_shapes(arch)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ValueError(f"{where}: tensor {name} is missing")
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"{where}: tensor {name} has shape {tuple(tensors[name].shape)}, but the config"
+                f" implies {shape}"
+            )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ValueError(f"{where}: unexpected tensors {', '.join(unexpected[:5])}")
+
+
+def _check_tying(tensors: dict[str, torch.Tensor], arch: Architecture) -> None:
+    """Refuse to drop a trained lm_head, or to write a tied one twice."""
+    lm_head, embedding = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
+    if lm_head is None or embedding is None:
+        return
+    tied = lm_head.data_ptr() == embedding.data_ptr() or torch.equal(lm_head, embedding)
+    if tied != arch.tied_embeddings:
+        raise ValueError(
+            f"state dict: lm_head.weight {'is' if tied else 'is not'} the embedding, but the"
+            f" architecture has tiedEmbeddings {str(arch.tied_embeddings).lower()}: export with"
+            " the architecture the model was built with"
+        )
+
+
+def _rope_type(config: dict) -> str:
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
+def _read_weights(uri: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of model.safetensors or of every shard its index lists, and where from."""
+    index = _read_json(uri, INDEX)
+    if index is not None:
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        shards = sorted(set((weight_map or {}).values()))
+        if not shards:
+            raise ValueError(f"{uri}/{INDEX}: weight_map is missing or empty")
+    else:
+        shards = [WEIGHTS]
+    fs, path = _filesystem(uri)
+    tensors = {}
+    for shard in shards:
+        if fs is None:
+            if not Path(f"{path}/{shard}").exists():
+                raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
+            tensors |= load_file(f"{path}/{shard}")
+        else:
+            data = _read(uri, shard)
+            if data is None:
+                raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
+            tensors |= load_bytes(data)
+    return tensors, f"{uri}/{INDEX if index is not None else WEIGHTS}"
+
+
+def _filesystem(uri: str):
+    """(fsspec filesystem, path) for a URI with a scheme; (None, path) for a local path."""
+    if "://" not in uri or uri.startswith("file://"):
+        return None, uri.removeprefix("file://")
+    try:
+        import fsspec
+    except ImportError as e:
+        raise ValueError(f"{uri}: a URI with a scheme needs fsspec; pip install fsspec") from e
+    return fsspec.core.url_to_fs(uri)
+
+
+def _read(directory: str, name: str) -> bytes | None:
+    fs, path = _filesystem(directory)
+    if fs is None:
+        file = Path(path) / name
+        return file.read_bytes() if file.exists() else None
+    return fs.cat_file(f"{path}/{name}") if fs.exists(f"{path}/{name}") else None
+
+
+def _read_json(directory: str, name: str):
+    """The parsed file, or None when there is none."""
+    raw = _read(directory, name)
+    try:
+        return None if raw is None else json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{directory}/{name}: not valid JSON ({e})") from e
+
+
+def _write(directory: str, name: str, data: bytes) -> None:
+    fs, path = _filesystem(directory)
+    if fs is None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / name).write_bytes(data)
+    else:
+        fs.pipe_file(f"{path}/{name}", data)

@@ -1,0 +1,172 @@
+"""A Llama-style decoder-only transformer, in one file that reads top to bottom.
+
+RMSNorm, rotary position embeddings (RoPE), grouped-query attention and a SwiGLU MLP, as in
+Llama 2/3. Submodules are named like Hugging Face's LlamaForCausalLM, so `state_dict()` keys are
+theirs (`model.layers.0.self_attn.q_proj.weight`, ...) and jobs/hf.py exports without renaming.
+
+Built from a resolved `Architecture`. To build a large model without allocating it (FSDP), create
+it under `torch.device("meta")`, shard it, `to_empty(device=...)`, then call `init_weights()`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.operator.api.architecture import Architecture
+
+INIT_STD = 0.02
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The mean square is taken in fp32: in bf16 it loses too much precision. Same order of
+        # operations as Hugging Face's LlamaRMSNorm, so exported models give the same logits.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of each position's rotation angles, shape (length, head_dim), in fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    # "Rotate half" layout (Hugging Face Llama): dimension i pairs with i + head_dim/2, not i + 1.
+    # Checkpoints trained in one layout give wrong answers when run in the other.
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (batch, heads, seq, head_dim) by the angles of its positions."""
+    first, second = x.chunk(2, dim=-1)
+    rotated_half = torch.cat((-second, first), dim=-1)
+    return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention; kv_heads < heads shares each key/value head among a group."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.heads, self.kv_heads = arch.heads, arch.kv_heads
+        self.head_dim = arch.d_model // arch.heads
+        self.q_proj = nn.Linear(arch.d_model, arch.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(arch.d_model, arch.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(arch.d_model, arch.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(arch.heads * self.head_dim, arch.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # enable_gqa lets the kernel broadcast each k/v head over its group of query heads,
+        # instead of materialising heads/kv_heads copies of k and v.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.gate_proj = nn.Linear(arch.d_model, arch.ffn_size, bias=False)
+        self.up_proj = nn.Linear(arch.d_model, arch.ffn_size, bias=False)
+        self.down_proj = nn.Linear(arch.ffn_size, arch.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: the residual stream itself is never normalised."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.self_attn = Attention(arch)
+        self.post_attention_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.mlp = MLP(arch)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch = arch.resolved()  # raises if a size (e.g. vocab_size) is missing
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(arch.vocab_size, arch.d_model),
+                layers=nn.ModuleList(Block(arch) for _ in range(arch.layers)),
+                norm=RMSNorm(arch.d_model, arch.norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        if arch.tied_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Derived from the shape, so not saved in checkpoints (persistent=False).
+        cos, sin = rope_tables(arch.d_model // arch.heads, arch.context_length, arch.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, 0.02) weights, unit norm gains, and the RoPE tables, all in place.
+
+        The projections that write into the residual stream (o_proj, down_proj) get std scaled
+        by 1/sqrt(2 * layers), as in GPT-2: each block adds two of them to the stream, and this
+        keeps its variance from growing with depth.
+        """
+        residual_std = INIT_STD / math.sqrt(2 * self.arch.layers)
+        for name, param in self.named_parameters():  # a tied weight is listed once
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(param, std=residual_std)
+            elif param.dim() == 2:
+                nn.init.normal_(param, std=INIT_STD)
+            else:
+                nn.init.ones_(param)
+        # After to_empty() the buffers hold garbage too; recompute them where they live.
+        arch = self.arch
+        cos, sin = rope_tables(arch.d_model // arch.heads, arch.context_length, arch.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, seq, vocab) for tokens (batch, seq); with targets, also the mean loss.
+
+        Targets equal to -100 are ignored (e.g. prompt tokens in supervised fine-tuning).
+        """
+        seq = tokens.shape[1]
+        if seq > self.arch.context_length:
+            raise ValueError(
+                f"sequence of {seq} tokens is longer than the context length"
+                f" {self.arch.context_length}: shorten it or raise architecture.contextLength"
+            )
+        x = self.model.embed_tokens(tokens)
+        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(self.model.norm(x))
+        if targets is None:
+            return logits
+        # Cross-entropy in fp32: a bf16 log-softmax over a large vocabulary is too coarse.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
