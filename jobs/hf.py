@@ -2,7 +2,7 @@
 
 Our parameter names are LlamaForCausalLM's (see jobs/model.py), so both directions copy tensors
 as they are: no renaming, no dtype change, so load(export(m)) is bit for bit. A directory may be
-a local path or any fsspec URI (s3://, gs://, memory://); a local one needs no fsspec.
+a local path or any fsspec URI (s3://, gs://, memory://).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import save
 
 from lmforge.operator.api.architecture import Architecture
 
 from .sizing import parameter_shapes
+from .storage import filesystem, join, write_atomic
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
@@ -27,6 +28,7 @@ def export(
     arch: Architecture,
     out_dir: str | Path,
     tokenizer_json_path: str | Path | None = None,
+    endpoint_url: str | None = None,
 ) -> str:
     """Write a LlamaForCausalLM checkpoint directory; returns its location.
 
@@ -44,20 +46,19 @@ def export(
         tensors.pop("lm_head.weight", None)
     check_tensors(tensors, arch, "state dict")
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
-    out = str(out_dir)
-    _write(out, CONFIG, json.dumps(llama_config(arch, dtype), indent=2).encode())
-    fs, path = _filesystem(out)
-    if fs is None:
-        save_file(tensors, f"{path}/{WEIGHTS}", metadata={"format": "pt"})
-    else:
-        fs.pipe_file(f"{path}/{WEIGHTS}", save(tensors, metadata={"format": "pt"}))
+    out = str(out_dir).rstrip("/")
+    fs, root = filesystem(out, endpoint_url)
+    write_atomic(fs, join(root, CONFIG), json.dumps(llama_config(arch, dtype), indent=2).encode())
+    write_atomic(fs, join(root, WEIGHTS), save(tensors, metadata={"format": "pt"}))
     if tokenizer_json_path is not None:
-        _write(out, TOKENIZER, Path(tokenizer_json_path).read_bytes())
+        write_atomic(fs, join(root, TOKENIZER), Path(tokenizer_json_path).read_bytes())
         tokenizer_config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": arch.context_length,
         }
-        _write(out, TOKENIZER_CONFIG, json.dumps(tokenizer_config, indent=2).encode())
+        write_atomic(
+            fs, join(root, TOKENIZER_CONFIG), json.dumps(tokenizer_config, indent=2).encode()
+        )
     return out
 
 
@@ -91,7 +92,9 @@ def llama_config(arch: Architecture, dtype: str = "float32") -> dict:
     }
 
 
-def load(uri: str | Path) -> tuple[Architecture, dict[str, torch.Tensor]]:
+def load(
+    uri: str | Path, endpoint_url: str | None = None
+) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """Read a Llama checkpoint directory: its Architecture and a state dict for Transformer.
 
     Reads model.safetensors, or the shards a model.safetensors.index.json lists. With tied
@@ -99,11 +102,12 @@ def load(uri: str | Path) -> tuple[Architecture, dict[str, torch.Tensor]]:
     `Transformer(arch).load_state_dict(state)` works with strict=True.
     """
     uri = str(uri).rstrip("/")
-    config = _read_json(uri, CONFIG)
+    fs, root = filesystem(uri, endpoint_url)
+    config = _read_json(fs, root, CONFIG)
     if config is None:
         raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
     arch = architecture_from_config(config, f"{uri}/{CONFIG}")
-    tensors, where = _read_weights(uri)
+    tensors, where = _read_weights(fs, root, uri)
     if arch.tied_embeddings:
         tensors.pop("lm_head.weight", None)  # some exporters write the tied copy; it is ignored
     check_tensors(tensors, arch, where)
@@ -187,9 +191,9 @@ def _rope_type(config: dict) -> str:
     return rope.get("rope_type", rope.get("type", "default"))
 
 
-def _read_weights(uri: str) -> tuple[dict[str, torch.Tensor], str]:
+def _read_weights(fs, root: str, uri: str) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of model.safetensors or of every shard its index lists, and where from."""
-    index = _read_json(uri, INDEX)
+    index = _read_json(fs, root, INDEX)
     if index is not None:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         shards = sorted(set((weight_map or {}).values()))
@@ -197,53 +201,24 @@ def _read_weights(uri: str) -> tuple[dict[str, torch.Tensor], str]:
             raise ValueError(f"{uri}/{INDEX}: weight_map is missing or empty")
     else:
         shards = [WEIGHTS]
-    fs, path = _filesystem(uri)
     tensors = {}
     for shard in shards:
-        if fs is None:
-            if not Path(f"{path}/{shard}").exists():
-                raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
-            tensors |= load_file(f"{path}/{shard}")
-        else:
-            data = _read(uri, shard)
-            if data is None:
-                raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
-            tensors |= load_bytes(data)
+        data = _read(fs, root, shard)
+        if data is None:
+            raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
+        tensors |= load_bytes(data)
     return tensors, f"{uri}/{INDEX if index is not None else WEIGHTS}"
 
 
-def _filesystem(uri: str):
-    """(fsspec filesystem, path) for a URI with a scheme; (None, path) for a local path."""
-    if "://" not in uri or uri.startswith("file://"):
-        return None, uri.removeprefix("file://")
-    try:
-        import fsspec
-    except ImportError as e:
-        raise ValueError(f"{uri}: a URI with a scheme needs fsspec; pip install fsspec") from e
-    return fsspec.core.url_to_fs(uri)
+def _read(fs, root: str, name: str) -> bytes | None:
+    path = join(root, name)
+    return fs.cat_file(path) if fs.exists(path) else None
 
 
-def _read(directory: str, name: str) -> bytes | None:
-    fs, path = _filesystem(directory)
-    if fs is None:
-        file = Path(path) / name
-        return file.read_bytes() if file.exists() else None
-    return fs.cat_file(f"{path}/{name}") if fs.exists(f"{path}/{name}") else None
-
-
-def _read_json(directory: str, name: str):
+def _read_json(fs, root: str, name: str):
     """The parsed file, or None when there is none."""
-    raw = _read(directory, name)
+    raw = _read(fs, root, name)
     try:
         return None if raw is None else json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{directory}/{name}: not valid JSON ({e})") from e
-
-
-def _write(directory: str, name: str, data: bytes) -> None:
-    fs, path = _filesystem(directory)
-    if fs is None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / name).write_bytes(data)
-    else:
-        fs.pipe_file(f"{path}/{name}", data)
+        raise ValueError(f"{fs.unstrip_protocol(join(root, name))}: not valid JSON ({e})") from e

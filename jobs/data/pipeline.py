@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.jobs.storage import filesystem, join, write_atomic
 from lmforge.operator.api.dataset import DatasetSpec
 
 from . import engines, shards, sources, tokenize
 from .clean import Cleaner
 from .dedup import NearDuplicateIndex, Signer, content_hash
 from .filters import Blocker, Pii, quality
-from .storage import filesystem, join, write_atomic
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, done, total)"""

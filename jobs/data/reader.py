@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from lmforge.jobs.storage import filesystem, join
+
 from . import shards
-from .storage import filesystem, join
 
 
 class ShardReader:

@@ -22,7 +22,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from .storage import join, write_atomic
+from lmforge.jobs.storage import join, write_atomic
 
 FORMAT = "lmforge.dataset/v1"
 MANIFEST = "manifest.json"

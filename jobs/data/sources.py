@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import zstandard
 from fsspec.core import has_magic
 
+from lmforge.jobs.storage import filesystem
 from lmforge.operator.api.dataset import Source
-
-from .storage import filesystem
 
 _SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 

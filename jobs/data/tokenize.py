@@ -7,9 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmforge.jobs.storage import filesystem
 from lmforge.operator.api.dataset import TokenizerTraining
-
-from .storage import filesystem
 
 # Names other tokenizers give their end-of-text token, for tokenizer.json files we load.
 _EOS_NAMES = ("<|eos|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")

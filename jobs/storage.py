@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .stdlib import register
+from .data.stdlib import register
 
 register()
 

@@ -1,0 +1,44 @@
+"""`torchrun ... -m lmforge.jobs.train --config CONFIG.json`: one training process (rank)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError, TrainConfig
+from .trainer import Trainer
+
+CONFIG_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmforge.jobs.train")
+    parser.add_argument("--config", required=True, help="a TrainConfig as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with open(args.config) as stream:
+        config = TrainConfig.model_validate_json(stream.read())
+    if "RANK" not in os.environ:  # run directly, not under torchrun: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    try:
+        return Trainer(config).train()
+    except ConfigError as error:
+        if dist.get_rank() == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return CONFIG_ERROR
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

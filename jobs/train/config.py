@@ -1,0 +1,80 @@
+"""The training job's config: torch-free, written as JSON by the operator and the local runner.
+
+`TrainConfig.plan()` checks it against what only the running job knows (the world size torchrun
+gave it, the dataset's sequence length and vocabulary) before any compute, and names the field
+to change when something does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from lmforge.operator.api.architecture import Architecture
+from lmforge.operator.api.base import Model
+from lmforge.operator.api.training import Training
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run; the message names the field and what to do."""
+
+
+class TrainConfig(Model):
+    name: str
+    architecture: Architecture
+    training: Training
+    dataset_uri: str
+    """The Dataset's output (manifest.json and shards)."""
+    checkpoint_uri: str
+    output_uri: str
+    """Where the trained model is exported (a Hugging Face Llama directory)."""
+    nodes: int = 1
+    processes_per_node: int = 1
+    endpoint_url: str | None = None
+    progress_path: str | None = None
+    """A local JSON-lines file of progress events; stdout only when unset."""
+
+    def plan(self, world_size: int, sequence_length: int, vocab_size: int) -> Plan:
+        t = self.training
+        if world_size != self.nodes * self.processes_per_node:
+            raise ConfigError(
+                f"world size {world_size} does not match resources.nodes ({self.nodes}) x"
+                f" resources.processesPerNode ({self.processes_per_node})"
+            )
+        if t.precision == "fp16" and t.parallelism.strategy == "fsdp":
+            raise ConfigError("training.precision: fp16 is not supported with fsdp; use bf16")
+        try:
+            arch = self.architecture.resolved(vocab_size=vocab_size)
+        except (ValueError, ValidationError) as error:
+            raise ConfigError(f"model: {error}") from error
+        if arch.context_length < sequence_length - 1:
+            raise ConfigError(
+                f"model.contextLength ({arch.context_length}) is shorter than the dataset's"
+                f" sequences ({sequence_length} tokens, {sequence_length - 1} as input): raise it"
+            )
+        if t.global_batch_tokens % sequence_length:
+            raise ConfigError(
+                f"training.globalBatchTokens ({t.global_batch_tokens}) must be a multiple of the"
+                f" dataset's sequence length ({sequence_length})"
+            )
+        sequences = t.global_batch_tokens // sequence_length
+        per_micro_step = t.micro_batch * world_size
+        if sequences % per_micro_step:
+            raise ConfigError(
+                f"training.globalBatchTokens / sequence length = {sequences} sequences per step,"
+                f" not a multiple of training.microBatch ({t.micro_batch}) x {world_size} ranks"
+            )
+        steps = t.steps or t.tokens // t.global_batch_tokens
+        if steps < 1:
+            raise ConfigError(f"training.tokens ({t.tokens}) is less than one step's batch")
+        return Plan(arch, steps, sequences // per_micro_step, sequence_length)
+
+
+@dataclass(frozen=True)
+class Plan:
+    architecture: Architecture
+    steps: int
+    accumulation: int
+    """Micro-batches per optimizer step on each rank."""
+    sequence_length: int

@@ -1,0 +1,85 @@
+"""Exact automatic resume: killed twice at random steps, the run ends bit for bit where an
+uninterrupted one does, for DDP and FSDP2, with 2 processes on CPU (gloo)."""
+
+import random
+import shutil
+import signal
+
+import pytest
+from safetensors.torch import load_file
+
+from .conftest import config, events, train
+
+
+def losses(tmp) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events(tmp, "step")}  # a resumed step overwrites
+
+
+def weights(tmp):
+    return load_file(tmp / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, dataset, strategy):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert train(straight, config(straight, dataset, strategy)).returncode == 0
+    rng = random.Random()
+    first, second = rng.randint(3, 5), rng.randint(6, 8)
+    cfg = config(broken, dataset, strategy)
+    assert train(broken, cfg, stop_at=first).returncode != 0
+    assert train(broken, cfg, stop_at=second).returncode != 0
+    result = train(broken, cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumes = [e["step"] for e in events(broken, "resume")]
+    assert len(resumes) == 2 and 0 < resumes[0] <= first, (first, second, resumes)
+    assert losses(broken) == losses(straight), (first, second)
+    expected, got = weights(straight), weights(broken)
+    assert expected.keys() == got.keys()
+    assert all(expected[k].equal(got[k]) for k in expected), (first, second)
+
+
+def test_sigterm_commits_a_checkpoint_at_the_current_step(tmp_path, dataset):
+    cfg = config(tmp_path, dataset, steps=200, checkpoint={"everySteps": 1000})
+    result = train(tmp_path, cfg, stop_at=3, sig=signal.SIGTERM)
+    assert result.returncode != 0
+    (preempted,) = events(tmp_path, "preempted")
+    step = preempted["step"]
+    assert 3 <= step < 200
+    assert (tmp_path / "checkpoints" / f"step-{step}" / "COMMITTED").exists()
+    assert (
+        train(tmp_path, {**cfg, "training": {**cfg["training"], "steps": step + 2}}).returncode == 0
+    )
+    assert [e["step"] for e in events(tmp_path, "resume")] == [step]
+
+
+def test_uncommitted_and_corrupt_checkpoints_are_skipped(tmp_path, dataset):
+    cfg = config(tmp_path, dataset, steps=6)
+    assert train(tmp_path, cfg).returncode == 0
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-4", "step-6"]  # keep: 2
+    shutil.copytree(root / "step-6", root / "step-9")  # a save that died before its marker
+    (root / "step-9" / "COMMITTED").unlink()
+    shard = root / "step-6" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the newest committed checkpoint
+    shard.write_bytes(bytes(data))
+    result = train(tmp_path, {**cfg, "training": {**cfg["training"], "steps": 8}})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [e["step"] for e in events(tmp_path, "resume")] == [4]
+    assert "does not match its digest" in result.stderr
+    assert "falling back to the previous committed checkpoint" in result.stderr
+    # Steps 5 and 6 ran again and step-6 was saved anew; the debris (step-9) is gone.
+    assert sorted(p.name for p in root.iterdir()) == ["step-6", "step-8"]
+    assert (root / "step-6" / "COMMITTED").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_before_compute(tmp_path, dataset):
+    cfg = config(tmp_path, dataset, steps=2)
+    assert train(tmp_path, cfg).returncode == 0
+    cfg["architecture"]["layers"] = 3
+    cfg["training"]["steps"] = 4
+    result = train(tmp_path, cfg)
+    assert result.returncode != 0
+    assert "was written by another configuration (architecture:" in result.stderr
+    assert "set training.checkpoint.uri to a new location" in result.stderr
+    assert not events(tmp_path, "resume")

@@ -1,0 +1,83 @@
+"""The trainer learns, keeps data and checkpoints on S3, and reports over OTLP."""
+
+import http.server
+import json
+import math
+import subprocess
+import sys
+import threading
+from typing import ClassVar
+
+import fsspec
+import numpy as np
+
+from lmforge.jobs.data.reader import ShardReader
+
+from .conftest import config, events, train
+
+
+def unigram_entropy(dataset: str) -> float:
+    """Nats per token of the best model that ignores context: the baseline to beat."""
+    reader = ShardReader(dataset, "validation")
+    tokens = np.concatenate([reader.sequence(i) for i in range(len(reader))])
+    counts = np.bincount(tokens).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_validation_loss_falls_well_below_the_unigram_baseline(tmp_path, dataset):
+    cfg = config(tmp_path, dataset, steps=80, validation={"everySteps": 80, "batches": 4},
+                 checkpoint={"everySteps": 80})  # fmt: skip
+    assert train(tmp_path, cfg).returncode == 0
+    (validation,) = events(tmp_path, "validation")
+    baseline = unigram_entropy(dataset)
+    assert validation["loss"] < baseline - 0.5, (validation["loss"], baseline)
+    assert validation["perplexity"] == round(math.exp(validation["loss"]), 4)
+    steps = events(tmp_path, "step")
+    assert [e["step"] for e in steps] == list(range(1, 81))
+    assert steps[-1]["loss"] < steps[0]["loss"] - 1.0
+
+
+def test_data_and_checkpoints_on_s3(tmp_path, dataset, bucket, s3_endpoint):
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    fs.put(fsspec.url_to_fs(dataset)[1], f"{bucket[5:]}/dataset", recursive=True)
+    cfg = config(tmp_path, f"{bucket}/dataset", steps=6)
+    cfg |= {"checkpointUri": f"{bucket}/checkpoints", "outputUri": f"{bucket}/model",
+            "endpointUrl": s3_endpoint}  # fmt: skip
+    assert train(tmp_path, cfg, stop_at=5).returncode != 0
+    result = train(tmp_path, cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [e["step"] for e in events(tmp_path, "resume")] == [4]
+    assert fs.exists(f"{bucket[5:]}/checkpoints/step-6/COMMITTED")
+    assert sorted(fs.ls(f"{bucket[5:]}/model", detail=False)) == [
+        f"{bucket[5:]}/model/{name}"
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    ]
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_POST(self):
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = config(tmp_path, dataset, steps=3) | {"processesPerNode": 1}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+           "OTEL_METRIC_EXPORT_INTERVAL": "100", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "lmforge.jobs.train", "--config",
+                           str(tmp_path / "config.json")], env=env, capture_output=True, timeout=300)  # fmt: skip
+    server.shutdown()
+    assert done.returncode == 0, done.stderr[-2000:]
+    received = b"".join(_Collector.bodies)
+    for name in (b"lmforge.train.loss", b"lmforge.train.tokens_per_second", b"lmforge-trainer"):
+        assert name in received
