@@ -59,7 +59,7 @@ def data_run(args: argparse.Namespace) -> int:
     from lmforge.jobs.data.pipeline import DataError
 
     resources, problems = validate(args.file)
-    datasets = [r for r in resources if r.kind == "Dataset"]
+    datasets = [r for _, r in resources if r.kind == "Dataset"]
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems or len(datasets) != 1:
@@ -73,6 +73,67 @@ def data_run(args: argparse.Namespace) -> int:
     except DataError as error:
         print(f"{args.file}: Dataset/{dataset.metadata.name}: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .local import report
+    from .local.graph import GraphError, order
+    from .local.runner import Runner
+    from .local.state import State
+
+    located, problems = validate(args.file)
+    where = {(r.kind, r.metadata.name): file for file, r in located}
+    try:
+        ordered = order([r for _, r in located], where) if not problems else []
+    except GraphError as error:
+        problems += error.problems
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print("nothing was run", file=sys.stderr)
+        return 1
+    console, state = Console(), State(args.state)
+    try:
+        code = Runner(state, console).run(ordered)
+    except KeyboardInterrupt:
+        console.print("stopped; `lmforge run` again continues where this run stopped")
+        return 130
+    finally:
+        console.print(f"report: {report.write(state)}")
+    return code
+
+
+def get_command(args: argparse.Namespace) -> int:
+    from .local.show import kind_named, table
+    from .local.state import State
+
+    state = State(args.state)
+    kinds = [kind_named(args.kind)] if args.kind else list(KINDS)
+    if None in kinds:
+        print(f"unknown kind {args.kind!r}: use one of {', '.join(KINDS)}", file=sys.stderr)
+        return 1
+    shown = [(k, state.all(k)) for k in kinds]
+    shown = [(k, objects) for k, objects in shown if objects]
+    if not shown:
+        print(f"No resources found in {args.state}.")
+    print("\n\n".join(table(objects, k) for k, objects in shown))
+    return 0
+
+
+def describe_command(args: argparse.Namespace) -> int:
+    from .local.show import describe, kind_named
+    from .local.state import State
+
+    kind_text, _, name = args.resource.partition("/")
+    kind = kind_named(kind_text)
+    record = State(args.state).get(kind, name) if kind and name else None
+    if record is None:
+        print(f"{args.resource}: not found in {args.state} (use KIND/NAME)", file=sys.stderr)
+        return 1
+    print(describe(record))
     return 0
 
 
@@ -113,6 +174,23 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("-f", "--file", type=Path, required=True, help="a file with one Dataset")
     sub.add_argument("--output", help="output URI (default: spec.output.uri, else under storage)")
     sub.set_defaults(run=data_run)
+
+    sub = commands.add_parser("run", help="run resources here, in reference order (the quickstart)")
+    sub.add_argument("-f", "--file", type=Path, required=True, help="a YAML file or a folder")
+    sub.add_argument(
+        "--state", type=Path, default=Path(".lmforge"), help="state and storage folder"
+    )
+    sub.set_defaults(run=run_command)
+
+    sub = commands.add_parser("get", help="list resources run here, as kubectl get does")
+    sub.add_argument("kind", nargs="?", help="a kind, plural or short name (default: all)")
+    sub.add_argument("--state", type=Path, default=Path(".lmforge"))
+    sub.set_defaults(run=get_command)
+
+    sub = commands.add_parser("describe", help="one resource run here, as kubectl describe does")
+    sub.add_argument("resource", help="KIND/NAME, e.g. pretrainjob/stdlib-tiny")
+    sub.add_argument("--state", type=Path, default=Path(".lmforge"))
+    sub.set_defaults(run=describe_command)
 
     sub = commands.add_parser(
         "plan", help="estimate memory, throughput and cost of a training run before it runs"

@@ -59,8 +59,8 @@ def errors(document: Any) -> tuple[Resource | None, list[tuple[str, str]]]:
         return None, found
 
 
-def validate(path: Path) -> tuple[list[Resource], list[Problem]]:
-    """Every valid resource under a file or folder, and every problem found."""
+def validate(path: Path) -> tuple[list[tuple[str, Resource]], list[Problem]]:
+    """Every valid resource under a file or folder, with its file; and every problem found."""
     resources, problems = [], []
     for file in manifest.files(path):
         try:
@@ -72,7 +72,7 @@ def validate(path: Path) -> tuple[list[Resource], list[Problem]]:
             resource, found = errors(document)
             problems += [Problem(str(file), _name(document), p, m) for p, m in found]
             if resource is not None:
-                resources.append(resource)
+                resources.append((str(file), resource))
     return resources, problems
 
 

@@ -271,14 +271,18 @@ class Trainer:
             for block in model.model.layers:
                 fully_shard(block, mp_policy=policy)
             return fully_shard(model, mp_policy=policy)
+        if self.world == 1:  # nothing to synchronise: DDP would only add overhead
+            return model
         return DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
 
     def _sync_gradients(self, sync: bool):
-        if isinstance(self.model, DistributedDataParallel):
-            return contextlib.nullcontext() if sync else self.model.no_sync()
-        self.model.set_requires_gradient_sync(sync)
+        """Reduce gradients only on the last micro-batch of a step."""
+        if isinstance(self.model, DistributedDataParallel) and not sync:
+            return self.model.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
 
     def _autocast(self):

@@ -19,28 +19,16 @@ def expected(file: Path) -> list[str]:
     return document["metadata"]["annotations"][EXPECT].splitlines()
 
 
-def test_there_is_a_sample_per_kind_and_a_quickstart():
-    kinds = {yaml.safe_load(f.read_text())["kind"] for f in SAMPLES if f.parent.name == "samples"}
-    assert kinds == {
-        "Dataset",
-        "PretrainJob",
-        "FineTune",
-        "RewardModel",
-        "Evaluation",
-        "Deployment",
-    }
-    quickstart = [
-        yaml.safe_load(f.read_text())["kind"] for f in SAMPLES if f.parent.name == "quickstart"
-    ]
-    assert quickstart == [
-        "Dataset",
-        "PretrainJob",
-        "FineTune",
-        "RewardModel",
-        "FineTune",
-        "Evaluation",
-        "Deployment",
-    ]
+def kinds_in(folder: str) -> list[str]:
+    return [yaml.safe_load(f.read_text())["kind"] for f in SAMPLES if f.parent.name == folder]
+
+
+def test_there_is_a_sample_per_kind_a_lifecycle_and_a_quickstart():
+    everything = {"Dataset", "PretrainJob", "FineTune", "RewardModel", "Evaluation", "Deployment"}
+    assert set(kinds_in("samples")) == everything
+    lifecycle = ["Dataset", "PretrainJob", "FineTune", "RewardModel", "FineTune", "Evaluation"]
+    assert kinds_in("lifecycle") == [*lifecycle, "Deployment"]
+    assert kinds_in("quickstart") == ["Dataset", "PretrainJob", "Evaluation"]
 
 
 @pytest.mark.parametrize("file", SAMPLES, ids=lambda f: f.name)
@@ -92,7 +80,7 @@ def test_unreadable_files_are_problems_not_crashes(tmp_path):
     (tmp_path / "broken.yaml").write_text("kind: [unclosed\n")
     (tmp_path / "good.yaml").write_text((ROOT / "manifests/samples/dataset.yaml").read_text())
     resources, problems = validate(tmp_path)
-    assert [r.metadata.name for r in resources] == ["web-corpus"]
+    assert [r.metadata.name for _, r in resources] == ["web-corpus"]
     assert len(problems) == 1 and "broken.yaml: cannot read:" in str(problems[0])
     _, problems = validate(tmp_path / "missing.yaml")
     assert "missing.yaml: cannot read: [Errno 2] No such file or directory" in str(problems[0])

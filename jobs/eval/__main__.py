@@ -1,0 +1,71 @@
+"""`python -m lmforge.jobs.eval --config CONFIG.json --out RESULTS.json`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from tokenizers import Tokenizer
+
+from lmforge.jobs import hf
+from lmforge.jobs.data.reader import ShardReader
+from lmforge.jobs.generate import sample
+from lmforge.jobs.model import Transformer
+from lmforge.jobs.storage import filesystem, join
+
+from .config import EvalConfig, passed
+from .perplexity import perplexity
+
+
+def evaluate(config: EvalConfig) -> dict:
+    arch, state = hf.load(config.model_uri, config.endpoint_url)
+    model = Transformer(arch)
+    model.load_state_dict(state)
+    results, details = {}, {}
+    for task in config.tasks:
+        if task.type != "perplexity":
+            raise ValueError(f"tasks[{task.name}]: type {task.type} is not supported yet")
+        reader = ShardReader(
+            config.dataset_uris[task.name], task.split, endpoint_url=config.endpoint_url
+        )
+        figures = perplexity(model, reader, task.max_examples)
+        details[task.name] = figures
+        results |= {
+            f"{task.name}.perplexity": figures["perplexity"],
+            f"{task.name}.loss": figures["loss"],
+        }
+    ok, missed = passed(results, config.thresholds)
+    fs, root = filesystem(config.model_uri, config.endpoint_url)
+    tokenizer = Tokenizer.from_str(fs.cat_file(join(root, hf.TOKENIZER)).decode())
+    samples = {p: sample(model, tokenizer, p, seed=i) for i, p in enumerate(config.samples)}
+    return {
+        "results": results,
+        "details": details,
+        "passed": ok,
+        "missed": missed,
+        "samples": samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmforge.jobs.eval")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    with open(args.config) as stream:
+        config = EvalConfig.model_validate_json(stream.read())
+    try:
+        report = evaluate(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with open(args.out, "w") as out:
+        json.dump(report, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
