@@ -14,18 +14,19 @@ from .api.reference import markdown
 from .validate import validate
 
 
-def generated(crd_dir: Path, docs: Path) -> dict[Path, str]:
-    """Every file generated from the API models: one CRD per kind and the API reference."""
-    out = {
-        crd_dir / f"{k.plural}.lmforge.dev.yaml": manifest.dump([crd(k)]) for k in KINDS.values()
-    }
+def generated(crd_dirs: list[Path], docs: Path) -> dict[Path, str]:
+    """Every file generated from the API models: one CRD per kind (in each folder: manifests/crds
+    and the Helm chart's crds/) and the API reference."""
+    crds_ = {f"{k.plural}.lmforge.dev.yaml": manifest.dump([crd(k)]) for k in KINDS.values()}
+    out = {folder / name: text for folder in crd_dirs for name, text in crds_.items()}
     out[docs] = markdown()
     return out
 
 
 def crds(args: argparse.Namespace) -> int:
-    files = generated(args.dir, args.docs)
-    stale = sorted(set(args.dir.glob("*.yaml")) - set(files))
+    folders = [args.dir, args.chart_dir]
+    files = generated(folders, args.docs)
+    stale = sorted({p for folder in folders for p in folder.glob("*.yaml")} - set(files))
     if args.check:
         differ = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
         for path in differ + stale:
@@ -137,6 +138,12 @@ def describe_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def operator_command(args: argparse.Namespace) -> int:
+    from .main import main as operator_main  # the operator extra: kopf, kubernetes
+
+    return operator_main(args.kopf_args)
+
+
 def default_storage() -> str:
     """Object storage when a spec names none: a folder under the working directory."""
     return (Path.cwd() / ".lmforge" / "storage").as_uri()
@@ -153,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("crds", help="generate the CRDs and API reference from the models")
     sub.add_argument("--check", action="store_true", help="fail if the files are out of date")
     sub.add_argument("--dir", type=Path, default=Path("manifests/crds"))
+    sub.add_argument("--chart-dir", type=Path, default=Path("helm/lmforge/crds"))
     sub.add_argument("--docs", type=Path, default=Path("docs/api.md"))
     sub.set_defaults(run=crds)
 
@@ -191,6 +199,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("resource", help="KIND/NAME, e.g. pretrainjob/stdlib-tiny")
     sub.add_argument("--state", type=Path, default=Path(".lmforge"))
     sub.set_defaults(run=describe_command)
+
+    sub = commands.add_parser(
+        "operator", help="run the operator (kopf) against the current cluster"
+    )
+    sub.add_argument("kopf_args", nargs=argparse.REMAINDER, help="passed to `kopf run`")
+    sub.set_defaults(run=operator_command)
 
     sub = commands.add_parser(
         "plan", help="estimate memory, throughput and cost of a training run before it runs"

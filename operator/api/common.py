@@ -174,5 +174,6 @@ class TrainingStatus(Status):
     tokens: int | None = None
     loss: float | None = None
     tokens_per_second: float | None = None
+    validation_loss: float | None = None
     restarts: int = 0
     last_checkpoint: Checkpoint | None = None

@@ -92,6 +92,13 @@ class Runner:
             set_condition(status, c.FAILED, True, c.INTERRUPTED, "interrupted; run again to resume")
             self.state.put(resource, digest, status)
             raise
+        except Exception as error:  # a bug: record it, so the state never says Running, and raise
+            status["phase"] = "Failed"
+            set_condition(
+                status, c.FAILED, True, c.INTERNAL_ERROR, f"{type(error).__name__}: {error}"
+            )
+            self.state.put(resource, digest, status)
+            raise
         else:
             status |= {"phase": "Succeeded", "completionTime": now()}
             set_condition(status, c.RUNNING, False, c.COMPLETED)

@@ -20,7 +20,7 @@ def now() -> str:
 
 class State:
     def __init__(self, root: Path):
-        self.root = root
+        self.root = root.resolve()
         self.objects = root / "state"
         self.storage = (root / "storage").resolve().as_uri()
 

@@ -39,12 +39,13 @@ def test_committed_files_are_current(monkeypatch):
 
 def test_check_fails_on_a_stale_file(tmp_path, capsys):
     crd_dir, docs = tmp_path / "crds", tmp_path / "api.md"
-    assert cli.main(["crds", "--dir", str(crd_dir), "--docs", str(docs)]) == 0
-    assert cli.main(["crds", "--check", "--dir", str(crd_dir), "--docs", str(docs)]) == 0
+    where = ["--dir", str(crd_dir), "--chart-dir", str(tmp_path / "chart"), "--docs", str(docs)]
+    assert cli.main(["crds", *where]) == 0
+    assert cli.main(["crds", "--check", *where]) == 0
     edited = crd_dir / "datasets.lmforge.dev.yaml"
     edited.write_text(edited.read_text().replace("minimum: 16", "minimum: 17"))
     (crd_dir / "old.lmforge.dev.yaml").write_text("{}")
-    assert cli.main(["crds", "--check", "--dir", str(crd_dir), "--docs", str(docs)]) == 1
+    assert cli.main(["crds", "--check", *where]) == 1
     err = capsys.readouterr().err
     assert "datasets.lmforge.dev.yaml: out of date" in err
     assert "old.lmforge.dev.yaml: out of date" in err

@@ -1,0 +1,81 @@
+{{- define "lmforge.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lmforge.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lmforge.labels" -}}
+app.kubernetes.io/name: {{ include "lmforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "lmforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lmforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "lmforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "lmforge.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches when rbac.scope is namespace. */}}
+{{- define "lmforge.watchedNamespaces" -}}
+{{- if .Values.rbac.namespaces -}}
+{{- join "," .Values.rbac.namespaces -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs in a namespace it watches: what operator/kube.py and kopf call. */}}
+{{- define "lmforge.namespacedRules" -}}
+{{- $plurals := list "datasets" "pretrainjobs" "finetunes" "rewardmodels" "evaluations" "deployments" }}
+- apiGroups: ["lmforge.dev"]
+  resources: {{ toJson $plurals }}
+  # patch/update: kopf's finalizer and annotations.
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["lmforge.dev"]
+  resources:
+  {{- range $plurals }}
+    - {{ . }}/status
+  {{- end }}
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["lmforge.dev"]
+  resources:
+  {{- range $plurals }}
+    - {{ . }}/finalizers
+  {{- end }}
+  # Child objects carry blockOwnerDeletion owner references.
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: [""]
+  # Only to check that a storage Secret exists before pods that need it are created.
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

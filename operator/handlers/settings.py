@@ -1,0 +1,58 @@
+"""The operator's settings, from its environment (the helm chart sets it), read once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..render.pods import Defaults
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError as error:
+        raise ValueError(f"environment {name}={value!r}: expected a whole number") from error
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else default
+    except ValueError as error:
+        raise ValueError(f"environment {name}={value!r}: expected a number of seconds") from error
+
+
+@dataclass(frozen=True)
+class Settings:
+    defaults: Defaults = field(default_factory=Defaults)
+    interval_seconds: float = 10.0
+    """How often each resource is reconciled (and its progress read) without any change."""
+    retry_seconds: float = 15.0
+    """The delay before a pass that failed for a transient reason runs again."""
+    log_tail_lines: int = 200
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        defaults = Defaults(
+            image=env("LMFORGE_JOB_IMAGE") or Defaults.image,
+            storage_uri=env("LMFORGE_STORAGE_URI") or None,
+            storage_secret=env("LMFORGE_STORAGE_SECRET") or None,
+            endpoint_url=env("LMFORGE_STORAGE_ENDPOINT_URL") or None,
+            termination_grace_seconds=_int(
+                "LMFORGE_TERMINATION_GRACE_SECONDS", Defaults.termination_grace_seconds
+            ),
+            service_account=env("LMFORGE_JOB_SERVICE_ACCOUNT") or None,
+            otlp_endpoint=env("LMFORGE_JOB_OTLP_ENDPOINT") or None,
+        )
+        return cls(
+            defaults=defaults,
+            interval_seconds=_float("LMFORGE_RECONCILE_INTERVAL", cls.interval_seconds),
+            retry_seconds=_float("LMFORGE_RETRY_DELAY", cls.retry_seconds),
+            log_tail_lines=_int("LMFORGE_LOG_TAIL_LINES", cls.log_tail_lines),
+        )
+
+
+SETTINGS = Settings.from_env()

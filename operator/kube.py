@@ -1,0 +1,179 @@
+"""The one module that talks to the Kubernetes API (besides kopf's own watching and events).
+
+Objects go in and come out as plain dicts, as the API serves them (camelCase), so the renderers
+and the status logic never see a client model. Every method is one or two API calls; retrying is
+the caller's business (kopf's TemporaryError), so ApiException travels up unchanged, except for
+the outcomes a level-triggered operator expects (not found on read or delete, already exists on
+create) which are answers here, not errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from .api.base import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+_CORE_KINDS = {"Pod": "pod", "Service": "service", "ConfigMap": "config_map"}
+CHILD_KINDS = tuple(_CORE_KINDS)
+
+
+class OwnershipError(RuntimeError):
+    """A child's name is taken by an object another controller manages."""
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient | None = None):
+        api_client = api_client or load_api_client()
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # ----- lmforge resources -----
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, _preload_content=False
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_status(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": patch},
+            _content_type=MERGE_PATCH,
+            _preload_content=False,
+        )
+
+    # ----- children -----
+
+    def _core(self, verb: str, kind: str) -> Any:
+        return getattr(self.core, f"{verb}_namespaced_{_CORE_KINDS[kind]}")
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        response = self._core("list", kind)(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        return _json(response)["items"]
+
+    def ensure(self, obj: dict[str, Any], update_data: bool = False) -> str:
+        """Create `obj`, or leave the existing one alone: "created", "exists", "adopted" or
+        "updated" (update_data: a ConfigMap whose data differs gets the new data)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        try:
+            self._core("create", kind)(meta["namespace"], obj, _preload_content=False)
+            return "created"
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing = _json(
+            self._core("read", kind)(meta["name"], meta["namespace"], _preload_content=False)
+        )
+        ours = meta["ownerReferences"][0]
+        controller = controller_of(existing)
+        if controller is None:
+            self._adopt(kind, existing, obj)
+            return "adopted"
+        if controller.get("uid") != ours["uid"]:
+            raise OwnershipError(
+                f"{kind} {meta['namespace']}/{meta['name']} is managed by"
+                f" {controller.get('kind')}/{controller.get('name')} (uid {controller.get('uid')})"
+            )
+        if update_data and existing.get("data") != obj.get("data"):
+            self._core("patch", kind)(
+                meta["name"], meta["namespace"], {"data": obj["data"]}, _preload_content=False
+            )
+            return "updated"
+        return "exists"
+
+    def _adopt(self, kind: str, existing: dict[str, Any], desired: dict[str, Any]) -> None:
+        """Make an orphan ours (kopf.adopt's semantics): our owner reference and labels."""
+        meta = existing["metadata"]
+        refs = [*(meta.get("ownerReferences") or []), *desired["metadata"]["ownerReferences"]]
+        patch = {"metadata": {"ownerReferences": refs, "labels": desired["metadata"]["labels"]}}
+        self._core("patch", kind)(meta["name"], meta["namespace"], patch, _preload_content=False)
+
+    def delete(self, kind: str, namespace: str, name: str, grace: int | None = None) -> bool:
+        """Delete one object (pods get SIGTERM and `grace`, or their own grace period); False if
+        it was already gone."""
+        options = client.V1DeleteOptions(
+            grace_period_seconds=grace, propagation_policy="Background"
+        )
+        try:
+            self._core("delete", kind)(name, namespace, body=options, _preload_content=False)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def delete_children(self, namespace: str, selector: str) -> int:
+        """Delete every child object matching `selector`; how many there were."""
+        count = 0
+        for kind in CHILD_KINDS:
+            for obj in self.list(kind, namespace, selector):
+                count += self.delete(kind, namespace, obj["metadata"]["name"])
+        return count
+
+    def pod_log(self, namespace: str, name: str, container: str, tail_lines: int) -> str | None:
+        """The last lines of a container's log; None when there is none to read (not started,
+        gone, or the node's log endpoint cannot be reached)."""
+        try:
+            response = self.core.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=container,
+                tail_lines=tail_lines,
+                limit_bytes=1 << 20,
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status in (400, 404, 500, 502, 503):
+                log.debug("no log for %s/%s: %s %s", namespace, name, error.status, error.reason)
+                return None
+            raise
+        return response.data.decode(errors="replace")
+
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        """Whether a Secret exists. Its data is read by the API call but never kept or logged."""
+        try:
+            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise

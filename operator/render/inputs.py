@@ -1,0 +1,73 @@
+"""What a resource's references resolve to: ready outputs, or what it waits for, or what failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ..api import conditions as c
+from ..api.references import Reference, references
+from ..api.resource import Resource
+
+READY_PHASES = {
+    "Dataset": "Succeeded",
+    "PretrainJob": "Succeeded",
+    "FineTune": "Succeeded",
+    "RewardModel": "Succeeded",
+    "Evaluation": "Succeeded",
+    "Deployment": "Available",
+}
+
+
+class Dependencies(NamedTuple):
+    waiting: list[str]
+    """One message per reference that is not ready yet, naming the field."""
+    failed: list[str]
+    """One message per reference that failed (or whose output is unusable)."""
+    outputs: dict[str, dict[str, Any]]
+    """field (spec.datasetRef, spec.tasks[0].datasetRef, ...) -> the referenced output artifact."""
+
+    @property
+    def ready(self) -> bool:
+        return not self.waiting and not self.failed
+
+
+def _failure_message(status: dict[str, Any]) -> str:
+    for condition in status.get("conditions", []):
+        if condition.get("type") == c.FAILED and condition.get("status") == "True":
+            return condition.get("message") or condition.get("reason", "")
+    return ""
+
+
+def _check(ref: Reference, obj: dict[str, Any] | None) -> tuple[str, str | dict[str, Any]]:
+    """("wait" | "fail", message) or ("ready", output artifact)."""
+    what = f"{ref.field}: {ref.kind}/{ref.name}"
+    if obj is None:
+        return "wait", f"{what} does not exist yet"
+    status = obj.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Failed":
+        reason = _failure_message(status)
+        return "fail", f"{what} failed" + (f": {reason}" if reason else "")
+    if phase != READY_PHASES[ref.kind]:
+        return "wait", f"{what} is {phase or 'not started'}"
+    outputs = (status.get("lineage") or {}).get("outputs") or []
+    if not outputs:
+        return "fail", f"{what} is {phase} but records no output in status.lineage.outputs"
+    return "ready", outputs[0]
+
+
+def resolve(
+    resource: Resource, found: Mapping[tuple[str, str], dict[str, Any] | None]
+) -> Dependencies:
+    """`found` maps (kind, name) of every reference to the object read from the API (or None)."""
+    deps = Dependencies([], [], {})
+    for ref in references(resource):
+        state, value = _check(ref, found.get((ref.kind, ref.name)))
+        if state == "wait":
+            deps.waiting.append(value)
+        elif state == "fail":
+            deps.failed.append(value)
+        else:
+            deps.outputs[ref.field] = value
+    return deps

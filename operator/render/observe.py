@@ -1,0 +1,128 @@
+"""Pods as the operator needs to see them, and why one failed.
+
+torchrun exits 1 whatever its worker exited with; the worker's own code is in torchrun's failure
+summary, which FallbackToLogsOnError puts into the termination message. The trainer's codes:
+0 done, 143 checkpointed after SIGTERM, 2 configuration error (retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..api import conditions as c
+from ..api import conditions as r
+from .names import ATTEMPT, INDEX, ROLE
+
+CONFIG_ERROR_EXIT = 2
+SIGTERM_EXIT = 143
+_ROOT_CAUSE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_ERROR_LINE = re.compile(r"^\s*error: (.+)$", re.MULTILINE)
+_PREEMPTION = {
+    "Preempted",
+    "PreemptionByScheduler",
+    "DeletionByTaintManager",
+    "TerminationByKubelet",
+    "EvictionByEvictionAPI",
+}
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    role: str
+    index: int
+    attempt: int
+    phase: str
+    terminating: bool = False
+    exit_code: int | None = None
+    reason: str = ""
+    """The container's terminated reason (OOMKilled, Error) or else the pod's (Evicted)."""
+    message: str = ""
+    """The termination message (the log's tail on failure) or the pod's status message."""
+    waiting: str = ""
+    """Why a container is not running yet (ImagePullBackOff: ...), if it says."""
+    disrupted: bool = False
+    """A DisruptionTarget condition: preempted, evicted or its node is going away."""
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ("Pending", "Running") and not self.terminating
+
+
+def _container(status: dict[str, Any]) -> dict[str, Any]:
+    """The status of the container that decides: one that failed, else the first."""
+    containers = status.get("containerStatuses") or []
+    for container in containers:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode"):
+            return container
+    return containers[0] if containers else {}
+
+
+def observe(pod: dict[str, Any]) -> PodState:
+    meta, status = pod["metadata"], pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    state = _container(status).get("state") or {}
+    terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
+    disrupted = any(
+        cond.get("type") == "DisruptionTarget" and cond.get("status") == "True"
+        for cond in status.get("conditions") or []
+    )
+    waiting_text = ": ".join(filter(None, (waiting.get("reason"), waiting.get("message"))))
+    return PodState(
+        name=meta["name"],
+        role=labels.get(ROLE, ""),
+        index=int(labels.get(INDEX, 0)),
+        attempt=int(labels.get(ATTEMPT, 0)),
+        phase=status.get("phase", "Pending"),
+        terminating=bool(meta.get("deletionTimestamp")),
+        exit_code=terminated.get("exitCode"),
+        reason=terminated.get("reason") or status.get("reason") or "",
+        message=terminated.get("message") or status.get("message") or "",
+        waiting="" if waiting.get("reason") == "ContainerCreating" else waiting_text,
+        disrupted=disrupted,
+    )
+
+
+class Failure(NamedTuple):
+    reason: str
+    message: str
+    retryable: bool
+
+
+def job_exit_code(pod: PodState) -> int | None:
+    """The job's own exit code: torchrun's root cause when the message has one."""
+    found = _ROOT_CAUSE.findall(pod.message)
+    return int(found[0]) if found else pod.exit_code
+
+
+def _last_error(pod: PodState) -> str:
+    found = _ERROR_LINE.findall(pod.message)
+    return f": {found[-1].strip()}" if found else ""
+
+
+def failure(pod: PodState) -> Failure | None:
+    """Why `pod` failed, or None if it did not."""
+    if pod.phase == "Unknown":
+        return Failure(r.WORKER_LOST, f"{pod.name}: its node stopped reporting", True)
+    if pod.phase != "Failed":
+        return None
+    code = job_exit_code(pod)
+    if pod.reason == "Evicted":
+        return Failure(r.EVICTED, f"{pod.name} was evicted: {pod.message}".rstrip(": "), True)
+    if pod.disrupted or pod.reason in _PREEMPTION or code == SIGTERM_EXIT:
+        return Failure(r.PREEMPTED, f"{pod.name} was preempted (stopped with SIGTERM)", True)
+    if pod.reason == "OOMKilled":
+        message = f"{pod.name} ran out of memory (OOMKilled): raise spec.resources.memory"
+        return Failure(r.OOM_KILLED, message, True)
+    if pod.reason == "DeadlineExceeded":
+        return Failure(r.DEADLINE_EXCEEDED, f"{pod.name}: {pod.message}".rstrip(": "), False)
+    if code == CONFIG_ERROR_EXIT:
+        return Failure(r.CONFIG_ERROR, f"{pod.name}: configuration error{_last_error(pod)}", False)
+    return Failure(c.JOB_FAILED, f"{pod.name} exited with {code}{_last_error(pod)}", True)
+
+
+def lost(name: str) -> Failure:
+    return Failure(r.WORKER_LOST, f"{name} disappeared (deleted or its node was lost)", True)

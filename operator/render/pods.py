@@ -1,0 +1,176 @@
+"""The parts every job pod shares: image, resources, placement, config volume, credentials,
+trace context, and the installation's defaults they fall back on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..api.common import PodResources, Storage
+from .names import Owner, RenderError, labels, metadata
+from .overlay import merge_pod_template
+
+CONFIG_DIR = "/etc/lmforge"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+SCRATCH_DIR = "/var/run/lmforge"
+"""An emptyDir for files a job writes for itself (progress, results before upload)."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the installation decides (helm values, passed to the operator as environment)."""
+
+    image: str = "ghcr.io/lmforge/lmforge-trainer:0.1.0"
+    """The job image (data, training, evaluation) when spec.resources.image is unset."""
+    storage_uri: str | None = None
+    storage_secret: str | None = None
+    endpoint_url: str | None = None
+    termination_grace_seconds: int = 300
+    """Long enough for a worker to write a checkpoint after SIGTERM (preemption, drain)."""
+    service_account: str | None = None
+    otlp_endpoint: str | None = None
+    """Passed to job pods as OTEL_EXPORTER_OTLP_ENDPOINT (the trainer exports metrics there)."""
+
+
+class StorageSettings(NamedTuple):
+    """spec.storage with the installation's defaults filled in."""
+
+    uri: str
+    secret_name: str | None
+    endpoint_url: str | None
+
+
+def storage(spec: Storage, defaults: Defaults) -> StorageSettings:
+    uri = spec.uri or defaults.storage_uri
+    if not uri:
+        raise RenderError(
+            "spec.storage.uri",
+            "is unset and the operator has no default storage (helm value storage.uri):"
+            " set one of them",
+        )
+    return StorageSettings(
+        uri,
+        spec.secret_name or defaults.storage_secret,
+        spec.endpoint_url or defaults.endpoint_url,
+    )
+
+
+def grace_seconds(resources: PodResources, defaults: Defaults) -> int:
+    """The pod's terminationGracePeriodSeconds: the overlay's when it sets one."""
+    overlay = (resources.pod_template or {}).get("spec") or {}
+    return int(overlay.get("terminationGracePeriodSeconds", defaults.termination_grace_seconds))
+
+
+def compute_resources(resources: PodResources) -> dict[str, dict[str, str]]:
+    # requests == limits: Guaranteed QoS, the last class the kubelet evicts under pressure.
+    quantities = {"cpu": resources.cpu, "memory": resources.memory}
+    if resources.gpus:
+        quantities["nvidia.com/gpu"] = str(resources.gpus)
+    return {"requests": dict(quantities), "limits": dict(quantities)}
+
+
+def environment(owner: Owner, defaults: Defaults, traceparent: str | None) -> list[dict]:
+    env = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},  # progress lines reach the log at once
+        {
+            "name": "OTEL_RESOURCE_ATTRIBUTES",
+            "value": f"k8s.namespace.name={owner.namespace},lmforge.kind={owner.kind},"
+            f"lmforge.name={owner.name}",
+        },
+    ]
+    if defaults.otlp_endpoint:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": defaults.otlp_endpoint})
+    if traceparent:
+        env.append({"name": "TRACEPARENT", "value": traceparent})
+    return env
+
+
+def container(
+    name: str,
+    command: list[str],
+    resources: PodResources,
+    env: list[dict],
+    store: StorageSettings,
+    defaults: Defaults,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "image": resources.image or defaults.image,
+        "command": command,
+        "env": env,
+        "resources": compute_resources(resources),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+        ],
+        # The log's tail becomes the termination message when a job fails: the reason for the
+        # failure reaches the pod's status even where logs are gone.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if store.secret_name:  # credentials as env from the Secret: never in the spec or config
+        out["envFrom"] = [{"secretRef": {"name": store.secret_name}}]
+    return out
+
+
+def pod(
+    meta: dict[str, Any],
+    containers: list[dict],
+    config_map: str,
+    resources: PodResources,
+    defaults: Defaults,
+    volumes: tuple[dict[str, Any], ...] = (),
+    **spec_fields: Any,
+) -> dict[str, Any]:
+    """A pod with the config volume, placement and the user's overlay merged in last."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the operator restarts the whole gang, never one container
+        "terminationGracePeriodSeconds": grace_seconds(resources, defaults),
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # jobs do not talk to the API server
+        "containers": containers,
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "scratch", "emptyDir": {}},
+            *volumes,
+        ],
+        **spec_fields,
+    }
+    if resources.node_selector:
+        spec["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        spec["tolerations"] = [t.wire() for t in resources.tolerations]
+    if defaults.service_account:
+        spec["serviceAccountName"] = defaults.service_account
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    return merge_pod_template(body, resources.pod_template)
+
+
+def config_map(owner: Owner, name: str, role: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, name, role),
+        "data": {"config.json": json.dumps(config, indent=2, sort_keys=True)},
+    }
+
+
+def headless_service(
+    owner: Owner, name: str, role: str, selected_role: str, ports: dict[str, int]
+) -> dict[str, Any]:
+    """A Service without a cluster IP: DNS names for the pods it selects, ready or not."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, name, role),
+        "spec": {
+            "clusterIP": "None",
+            # Rendezvous happens before any pod is Ready: every pod needs its DNS name at once.
+            "publishNotReadyAddresses": True,
+            "selector": labels(owner, selected_role),
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}
+                for port_name, port in ports.items()
+            ],
+        },
+    }

@@ -1,0 +1,48 @@
+"""The operator process: kopf's tuning, the handlers registered, and the layering kept."""
+
+import ast
+import logging
+import subprocess
+import sys
+
+import kopf
+
+from lmforge.operator import main
+
+KINDS = ("pretrainjobs", "datasets", "evaluations")
+
+
+def test_kopf_keeps_its_state_in_annotations():
+    settings = kopf.OperatorSettings()
+    main.configure(settings=settings, logger=logging.getLogger("test"))
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.persistence.finalizer == "lmforge.dev/finalizer"
+    assert settings.posting.level == logging.WARNING
+
+
+def test_every_kind_has_its_handlers():
+    registry = kopf.get_default_registry()
+    changing = {(h.selector.any_name, h.reason) for h in registry._changing._handlers}
+    timers = {h.selector.any_name for h in registry._spawning._handlers}
+    for plural in KINDS:
+        assert {(plural, "create"), (plural, None), (plural, "update")} <= changing
+    assert timers == set(KINDS)
+    for plural in ("finetunes", "rewardmodels", "deployments"):
+        assert (plural, "create") in changing
+
+
+def loaded_after(statement):
+    code = f"import sys; {statement}; print(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(ast.literal_eval(done.stdout))
+
+
+def test_the_operator_never_imports_torch():
+    assert not loaded_after("import lmforge.operator.main") & {"torch", "numpy", "jobs"}
+
+
+def test_renderers_do_not_talk_to_the_api():
+    modules = "dataset, evaluation, gang, job, training, status, progress, inputs"
+    loaded = loaded_after(f"from lmforge.operator.render import {modules}")
+    assert not loaded & {"kopf", "kubernetes", "urllib3", "aiohttp"}

@@ -1,0 +1,270 @@
+"""Reconcile passes against the in-memory API: what a kind's handlers create, how status
+follows the pods, and that a pass run twice does nothing the second time."""
+
+import json
+
+import kopf
+import pytest
+
+from lmforge.operator.handlers import dataset, evaluation, pretrainjob, reconcile
+from lmforge.operator.handlers.unsupported import hold
+
+DATASET = """
+apiVersion: lmforge.dev/v1alpha1
+kind: Dataset
+metadata: {name: corpus}
+spec:
+  sources: [{uri: "s3://raw/*.txt"}]
+  storage: {uri: "s3://bucket"}
+"""
+
+PRETRAIN = """
+apiVersion: lmforge.dev/v1alpha1
+kind: PretrainJob
+metadata: {name: tiny}
+spec:
+  datasetRef: {name: corpus}
+  model: {preset: tiny}
+  training: {steps: 20}
+  resources: {nodes: 2}
+  runPolicy: {backoffLimit: 1}
+  storage: {uri: "s3://bucket", secretName: creds}
+"""
+
+EVALUATION = """
+apiVersion: lmforge.dev/v1alpha1
+kind: Evaluation
+metadata: {name: check}
+spec:
+  modelRef: {kind: PretrainJob, name: tiny}
+  tasks: [{name: ppl, type: perplexity, datasetRef: {name: corpus}}]
+  storage: {uri: "s3://bucket"}
+"""
+
+BUILT = {
+    "phase": "Succeeded",
+    "lineage": {"outputs": [{"uri": "s3://bucket/dataset/corpus", "digest": "sha256:d"}]},
+}
+
+
+def run(kind, name):
+    reconcile.run(kind, "team-a", name)
+
+
+def condition(status, type_):
+    return next((x for x in status.get("conditions", []) if x["type"] == type_), {})
+
+
+def test_pretrainjob_waits_for_its_dataset_and_secret(cluster, events):
+    cluster.add(PRETRAIN)
+    run(pretrainjob.KIND, "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert status["phase"] == "Waiting" and cluster.pods() == {}
+    assert condition(status, "Waiting")["message"] == (
+        "spec.datasetRef: Dataset/corpus does not exist yet;"
+        " spec.storage.secretName: Secret creds does not exist yet"
+    )
+    assert events == [("tiny", "Normal", "Waiting", condition(status, "Waiting")["message"])]
+
+
+def test_pretrainjob_lifecycle(cluster, events):
+    cluster.add(DATASET, status=BUILT)
+    cluster.secrets.add("creds")
+    job = cluster.add(PRETRAIN)
+    run(pretrainjob.KIND, "tiny")
+    assert sorted(cluster.pods()) == ["tiny-worker-0", "tiny-worker-1"]
+    config = json.loads(
+        cluster.objects[("ConfigMap", "team-a", "tiny-config")]["data"]["config.json"]
+    )
+    assert config["datasetUri"] == "s3://bucket/dataset/corpus"
+    assert ("Service", "team-a", "tiny-workers") in cluster.objects
+    status = cluster.status("pretrainjobs", "tiny")
+    assert status["phase"] == "Pending"
+    assert status["lineage"]["inputs"][0]["digest"] == "sha256:d"
+
+    # running, with progress in worker 0's log
+    for name in cluster.pods():
+        cluster.set_pod(name, "Running", running={})
+    cluster.logs["tiny-worker-0"] = "\n".join(
+        [
+            json.dumps(
+                {
+                    "event": "step",
+                    "step": 4,
+                    "totalSteps": 20,
+                    "loss": 5.0,
+                    "tokens": 4,
+                    "tokensPerSecond": 2.0,
+                }
+            ),
+            json.dumps(
+                {
+                    "event": "checkpoint",
+                    "step": 4,
+                    "uri": "s3://bucket/pretrainjob/tiny/checkpoints/step-4",
+                    "time": 1.0,
+                }
+            ),
+        ]
+    )
+    run(pretrainjob.KIND, "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert (status["phase"], status["progress"], status["loss"]) == ("Running", "4/20", 5.0)
+    assert status["lastCheckpoint"]["step"] == 4
+    assert [e[2] for e in events] == ["Created", "Running", "Checkpoint"]
+
+    # nothing changed: the second pass patches nothing and posts nothing
+    patches, posted = len(cluster.status_patches), len(events)
+    run(pretrainjob.KIND, "tiny")
+    assert (len(cluster.status_patches), len(events)) == (patches, posted)
+
+    # a worker fails: the gang goes, with restarts counted
+    cluster.set_pod("tiny-worker-1", "Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})
+    run(pretrainjob.KIND, "tiny")
+    assert cluster.status("pretrainjobs", "tiny")["restarts"] == 1 and cluster.pods() == {}
+    assert events[-1][1:3] == ("Warning", "Restarting")
+    assert {grace for kind, _, grace in cluster.deleted} == {30}
+
+    # the next pass recreates it as attempt 1
+    run(pretrainjob.KIND, "tiny")
+    pods = cluster.pods()
+    assert {p["metadata"]["labels"]["lmforge.dev/attempt"] for p in pods.values()} == {"1"}
+
+    # all succeed
+    for name in pods:
+        cluster.set_pod(name, "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
+    run(pretrainjob.KIND, "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert status["phase"] == "Succeeded" and condition(status, "Succeeded")["status"] == "True"
+    assert job["metadata"]["uid"] == pods["tiny-worker-0"]["metadata"]["ownerReferences"][0]["uid"]
+
+
+def test_restarts_stop_at_the_backoff_limit(cluster, events):
+    cluster.add(DATASET, status=BUILT)
+    cluster.secrets.add("creds")
+    cluster.add(
+        PRETRAIN, status={"phase": "Pending", "restarts": 1, "startTime": "2026-01-01T00:00:00Z"}
+    )
+    run(pretrainjob.KIND, "tiny")  # creates attempt 1
+    cluster.set_pod("tiny-worker-0", "Running", running={})
+    cluster.set_pod("tiny-worker-1", "Failed", terminated={"exitCode": 1, "reason": "Error"})
+    run(pretrainjob.KIND, "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert (
+        status["phase"] == "Failed"
+        and condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
+    )
+    assert list(cluster.pods()) == ["tiny-worker-1"]  # the failed one is kept for its logs
+    assert events[-1][1:3] == ("Warning", "BackoffLimitExceeded")
+
+
+def test_invalid_spec_is_recorded_once_naming_the_field(cluster, events):
+    cluster.add(PRETRAIN.replace('storage: {uri: "s3://bucket", secretName: creds}', "storage: {}"))
+    with pytest.raises(kopf.PermanentError, match=r"^spec\.storage\.uri: is unset"):
+        run(pretrainjob.KIND, "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert status["phase"] == "Failed" and condition(status, "Failed")["reason"] == "InvalidSpec"
+    run(pretrainjob.KIND, "tiny")  # already recorded: quiet
+    assert len(cluster.status_patches) == 1 and len(events) == 1
+
+
+def test_a_child_owned_by_another_controller_is_left_alone(cluster, events):
+    cluster.add(DATASET, status=BUILT)
+    cluster.secrets.add("creds")
+    cluster.add(PRETRAIN)
+    cluster.objects[("ConfigMap", "team-a", "tiny-config")] = {
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "tiny-config",
+            "ownerReferences": [{"uid": "other", "controller": True}],
+        },
+    }
+    with pytest.raises(kopf.TemporaryError, match="managed by someone else"):
+        run(pretrainjob.KIND, "tiny")
+    assert cluster.pods() == {}
+
+
+def test_dataset_summary_becomes_status_and_lineage(cluster, events):
+    cluster.add(DATASET)
+    run(dataset.KIND, "corpus")
+    assert list(cluster.pods()) == ["corpus-data-0"]
+    done = {
+        "event": "done",
+        "output": "s3://bucket/dataset/corpus",
+        "documentsOut": 3,
+        "tokens": 99,
+        "shards": 1,
+        "tokenizerDigest": "sha256:t",
+        "configDigest": "sha256:c",
+        "sources": [{"uri": "s3://raw/*.txt", "digest": "sha256:s"}],
+    }
+    cluster.set_pod(
+        "corpus-data-0",
+        "Succeeded",
+        terminated={"exitCode": 0, "reason": "Completed", "message": json.dumps(done)},
+    )
+    run(dataset.KIND, "corpus")
+    status = cluster.status("datasets", "corpus")
+    assert (status["phase"], status["tokens"], status["shards"]) == ("Succeeded", 99, 1)
+    assert status["lineage"]["outputs"] == [
+        {"uri": "s3://bucket/dataset/corpus", "kind": "Dataset", "digest": "sha256:c"}
+    ]
+    assert status["lineage"]["inputs"] == [{"uri": "s3://raw/*.txt", "digest": "sha256:s"}]
+
+
+def test_evaluation_below_threshold_fails_the_gate(cluster, events):
+    cluster.add(DATASET, status=BUILT)
+    cluster.add(
+        PRETRAIN, status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://m"}]}}
+    )
+    cluster.add(EVALUATION)
+    run(evaluation.KIND, "check")
+    config = json.loads(
+        cluster.objects[("ConfigMap", "team-a", "check-eval-config")]["data"]["config.json"]
+    )
+    assert (config["modelUri"], config["datasetUris"]) == (
+        "s3://m",
+        {"ppl": "s3://bucket/dataset/corpus"},
+    )
+    cluster.logs["check-eval-0"] = json.dumps(
+        {
+            "event": "done",
+            "results": {"ppl.perplexity": 80.0},
+            "passed": False,
+            "missed": ["ppl.perplexity = 80 is above the maximum 50"],
+        }
+    )
+    cluster.set_pod("check-eval-0", "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
+    run(evaluation.KIND, "check")
+    status = cluster.status("evaluations", "check")
+    assert status["phase"] == "Failed" and status["passed"] is False
+    assert condition(status, "Failed")["reason"] == "ThresholdsNotMet"
+
+
+def test_kinds_not_supported_yet_stay_pending_saying_so(cluster, events):
+    cluster.add("""
+apiVersion: lmforge.dev/v1alpha1
+kind: RewardModel
+metadata: {name: rm}
+spec:
+  baseModel: {uri: "s3://m"}
+  preferences: {uri: "s3://p"}
+  training: {steps: 1}
+""")
+    hold("RewardModel", "team-a", "rm")
+    hold("RewardModel", "team-a", "rm")
+    status = cluster.status("rewardmodels", "rm")
+    assert status["phase"] == "Pending"
+    assert (
+        condition(status, "Running")["message"]
+        == "this version of the operator cannot run a RewardModel yet"
+    )
+    assert len(events) == 1
+
+
+def test_a_deleted_resource_is_left_to_the_garbage_collector(cluster, events):
+    obj = cluster.add(DATASET)
+    obj["metadata"]["deletionTimestamp"] = "2026-11-01T12:00:00Z"
+    run(dataset.KIND, "corpus")
+    run(dataset.KIND, "gone")
+    assert cluster.pods() == {} and cluster.status_patches == []

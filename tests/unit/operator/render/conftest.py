@@ -1,0 +1,71 @@
+"""Resources, owners and defaults for the renderer tests: plain values, no cluster."""
+
+import datetime
+
+import pytest
+import yaml
+
+from lmforge.operator.api import parse
+from lmforge.operator.api.common import RunPolicy
+from lmforge.operator.render.inputs import Dependencies
+from lmforge.operator.render.names import Owner
+from lmforge.operator.render.pods import Defaults
+from lmforge.operator.render.status import Observed
+
+PRETRAIN = """
+apiVersion: lmforge.dev/v1alpha1
+kind: PretrainJob
+metadata: {name: tiny, namespace: team-a}
+spec:
+  datasetRef: {name: corpus}
+  model: {preset: tiny}
+  training: {steps: 20, globalBatchTokens: 4096, microBatch: 4}
+  resources: {nodes: 3, processesPerNode: 2, cpu: "4", memory: 8Gi}
+  storage: {uri: "s3://bucket/team-a", secretName: s3-credentials, endpointUrl: "http://s3:9000"}
+"""
+
+NOW = datetime.datetime(2026, 11, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+@pytest.fixture
+def resource():
+    """A parsed resource from YAML text, with keys of `spec` replaced by `overrides`."""
+
+    def make(text: str = PRETRAIN, **overrides):
+        document = yaml.safe_load(text)
+        document["spec"].update(overrides)
+        return parse(document)
+
+    return make
+
+
+@pytest.fixture
+def owner():
+    def make(kind: str = "PretrainJob", name: str = "tiny") -> Owner:
+        return Owner("lmforge.dev/v1alpha1", kind, name, "team-a", f"uid-{name}")
+
+    return make
+
+
+@pytest.fixture
+def defaults() -> Defaults:
+    return Defaults(image="registry.local/lmforge-trainer:test", storage_uri="s3://default")
+
+
+@pytest.fixture
+def observed():
+    """An Observed with everything ready unless overridden."""
+
+    def make(**fields) -> Observed:
+        values = dict(
+            previous={},
+            generation=1,
+            run_policy=RunPolicy(),
+            dependencies=Dependencies([], [], {}),
+            pods=(),
+            now=NOW,
+        )
+        values.update(fields)
+        return Observed(**values)
+
+    return make

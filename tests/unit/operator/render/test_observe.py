@@ -1,0 +1,116 @@
+"""Pods as observed, and why one failed: the reason decides whether the gang restarts."""
+
+import pytest
+
+from lmforge.operator.api import conditions as c
+from lmforge.operator.api import conditions as r
+from lmforge.operator.render.observe import failure, lost, observe
+
+TORCHRUN_CONFIG_ERROR = """error: model.contextLength (128) is shorter than the dataset's sequences
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 2 (pid: 41)
+"""
+
+
+def pod(phase="Running", terminated=None, waiting=None, reason=None, conditions=(), deleting=False):
+    state = {"terminated": terminated} if terminated else {"waiting": waiting} if waiting else {}
+    status = {
+        "phase": phase,
+        "containerStatuses": [{"name": "trainer", "state": state}],
+        "conditions": list(conditions),
+    }
+    if reason:
+        status["reason"] = reason
+    meta = {
+        "name": "tiny-worker-1",
+        "labels": {
+            "lmforge.dev/role": "worker",
+            "lmforge.dev/index": "1",
+            "lmforge.dev/attempt": "2",
+        },
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-01T12:00:00Z"
+    return {"metadata": meta, "status": status}
+
+
+def test_labels_and_state():
+    state = observe(pod(waiting={"reason": "ImagePullBackOff", "message": "no such image"}))
+    assert (state.role, state.index, state.attempt, state.phase) == ("worker", 1, 2, "Running")
+    assert state.waiting == "ImagePullBackOff: no such image"
+    assert state.active and not observe(pod(deleting=True)).active
+
+
+@pytest.mark.parametrize(
+    ("observed", "reason", "retryable", "words"),
+    [
+        (pod(), None, None, None),
+        (pod("Pending", waiting={"reason": "ContainerCreating"}), None, None, None),
+        (pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed"}), None, None, None),
+        (
+            pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}),
+            r.OOM_KILLED,
+            True,
+            "raise spec.resources.memory",
+        ),
+        (pod("Failed", reason="Evicted"), r.EVICTED, True, "evicted"),
+        (
+            pod(
+                "Failed",
+                terminated={"exitCode": 1, "reason": "Error"},
+                conditions=[{"type": "DisruptionTarget", "status": "True"}],
+            ),
+            r.PREEMPTED,
+            True,
+            "preempted",
+        ),
+        (
+            pod("Failed", terminated={"exitCode": 143, "reason": "Error"}),
+            r.PREEMPTED,
+            True,
+            "SIGTERM",
+        ),
+        (
+            pod(
+                "Failed",
+                terminated={"exitCode": 1, "reason": "Error", "message": TORCHRUN_CONFIG_ERROR},
+            ),
+            r.CONFIG_ERROR,
+            False,
+            "model.contextLength (128) is shorter",
+        ),
+        (
+            pod("Failed", terminated={"exitCode": 2, "reason": "Error"}),
+            r.CONFIG_ERROR,
+            False,
+            "configuration error",
+        ),
+        (
+            pod(
+                "Failed", terminated={"exitCode": 1, "reason": "Error", "message": "error: boom\n"}
+            ),
+            c.JOB_FAILED,
+            True,
+            "exited with 1: boom",
+        ),
+        (pod("Unknown"), r.WORKER_LOST, True, "stopped reporting"),
+    ],
+)
+def test_failure_classification(observed, reason, retryable, words):
+    found = failure(observe(observed))
+    if reason is None:
+        assert found is None
+        return
+    assert (found.reason, found.retryable) == (reason, retryable)
+    assert words in found.message and found.message.startswith("tiny-worker-1")
+
+
+def test_lost():
+    assert lost("tiny-worker-2") == (
+        r.WORKER_LOST,
+        "tiny-worker-2 disappeared (deleted or its node was lost)",
+        True,
+    )
