@@ -147,9 +147,9 @@ def with_checkpoints(events: list[dict], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--preset", default="350m" if CUDA else "tiny")
-    parser.add_argument("--batch", type=int, default=8 if CUDA else 16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -161,11 +161,15 @@ def main() -> None:
     arch = Architecture.model_validate(arch_spec).resolved(vocab_size=vocab)
     lr = 3e-4
     peak = matmul_flops()
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s", flush=True)
     ref = steady(reference(arch, dataset, args.steps, args.batch, lr))
+    print(f"reference loop: {ref:.4f} s/step", flush=True)
     plain_events = trainer(out, arch_spec, dataset, args.steps, args.batch, length, lr, 10**9)
     plain = steady([e["stepSeconds"] for e in plain_events if e["event"] == "step"])
+    print(f"trainer, no checkpoints: {plain:.4f} s/step", flush=True)
     ckpt_events = trainer(out, arch_spec, dataset, args.steps, args.batch, length, lr, 100)
     ckpt = with_checkpoints(ckpt_events, args.steps)
+    print(f"trainer, checkpoint every 100: {ckpt:.4f} s/step", flush=True)
     saves = [e["seconds"] for e in ckpt_events if e["event"] == "checkpoint"]
     step_dir = out / "trainer-100" / "checkpoints" / f"step-{args.steps}"
     checkpoint_bytes = sum(p.stat().st_size for p in step_dir.iterdir())

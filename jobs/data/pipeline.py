@@ -183,7 +183,7 @@ def deduplicate(
                         corpus.clusters[seen[digest]] += 1
                         continue
                     seen[digest] = doc_id
-                if near is not None and (kept := near.representative(doc_id, signature)):
+                if near is not None and (kept := near.representative(doc_id, signature, text)):
                     corpus.removed["nearDuplicates"] += 1
                     corpus.clusters[kept] += 1
                     continue
@@ -226,22 +226,15 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
 
     on_progress("tokenize", 0, 1)
     tokenizer = _tokenizer(spec, [text for _, _, text in corpus.splits["train"]])
+    tokenizer_seconds = time.perf_counter() - started - process_seconds
     tokenizer_json = tokenizer.to_str().encode()
     vocab, eos = tokenizer.get_vocab_size(), tokenize.eos_id(tokenizer)
     build = "data-" + shards.digest("".join(digests.values()).encode())[7:19]
     dtype, length = tokenize.token_dtype(vocab), spec.packing.sequence_length
-    splits, tokens_by_source = {}, Counter()
-    for name, docs in corpus.splits.items():
-        stream, lengths = tokenize.encode(tokenizer, [text for _, _, text in docs], eos, dtype)
-        for (_, source, _), count in zip(docs, lengths, strict=True):
-            tokens_by_source[source] += count
-        rows = tokenize.pack(stream, length)
-        shard_list = shards.write_split(
-            fs, root, f"{build}/{name}", rows, spec.packing.shard_size_mib << 20
-        )
-        splits[name] = {"documents": len(docs), "tokens": int(rows.size), "sequences": len(rows),
-                        "shards": shard_list}  # fmt: skip
-        on_progress("tokenize", 1, 1)
+    tokenize_started = time.perf_counter()
+    splits, tokens_by_source = _write_splits(corpus, tokenizer, spec, fs, root, build)
+    tokenize_seconds = time.perf_counter() - tokenize_started
+    on_progress("tokenize", 1, 1)
     write_atomic(fs, join(root, f"{build}/tokenizer.json"), tokenizer_json)
     audit = _audit(corpus, tokens_by_source, splits)
     audit_bytes = shards.write_json(fs, root, f"{build}/audit.json", audit)
@@ -262,9 +255,30 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
     # Not part of the dataset (it differs run to run): how long each part took, for the summary
     # and the benchmark. Per-stage figures are seconds summed over the workers.
     stages = sum((f.seconds for f in corpus.files), Counter())
-    manifest["seconds"] = {"process": process_seconds, "total": time.perf_counter() - started,
+    manifest["seconds"] = {"process": process_seconds, "tokenizer": tokenizer_seconds,
+                           "tokenize": tokenize_seconds, "total": time.perf_counter() - started,
                            "workerStages": dict(stages)}  # fmt: skip
     return manifest
+
+
+def _write_splits(
+    corpus: Corpus, tokenizer, spec: DatasetSpec, fs, root: str, build: str
+) -> tuple[dict[str, Any], Counter]:
+    """Each split tokenized, packed and written as shards of the build: the manifest's entries,
+    and the tokens that each source contributed."""
+    eos, dtype = tokenize.eos_id(tokenizer), tokenize.token_dtype(tokenizer.get_vocab_size())
+    splits, tokens_by_source = {}, Counter()
+    for name, docs in corpus.splits.items():
+        stream, lengths = tokenize.encode(tokenizer, [text for _, _, text in docs], eos, dtype)
+        for (_, source, _), count in zip(docs, lengths, strict=True):
+            tokens_by_source[source] += count
+        rows = tokenize.pack(stream, spec.packing.sequence_length)
+        shard_list = shards.write_split(
+            fs, root, f"{build}/{name}", rows, spec.packing.shard_size_mib << 20
+        )
+        splits[name] = {"documents": len(docs), "tokens": int(rows.size), "sequences": len(rows),
+                        "shards": shard_list}  # fmt: skip
+    return splits, tokens_by_source
 
 
 def _blocklist(spec: DatasetSpec) -> list[str]:

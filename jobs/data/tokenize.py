@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -50,18 +50,33 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def encode(
-    tokenizer: Tokenizer, texts: list[str], eos: int, dtype: np.dtype
+    tokenizer: Tokenizer, texts: list[str], eos: int, dtype: np.dtype, chunk_chars: int = 4 << 20
 ) -> tuple[np.ndarray, list[int]]:
-    """All texts as one stream of token ids, each document followed by EOS; and their lengths."""
-    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    lengths = [len(e.ids) + 1 for e in encodings]
-    stream = np.empty(sum(lengths), dtype=dtype)
-    offset = 0
-    for encoding, length in zip(encodings, lengths, strict=True):
-        stream[offset : offset + length - 1] = encoding.ids
-        stream[offset + length - 1] = eos
-        offset += length
-    return stream, lengths
+    """All texts as one stream of token ids, each document followed by EOS; and their lengths.
+
+    Texts go to the tokenizer (which encodes a batch on all cores) a few MB at a time: an
+    Encoding keeps a string and offsets per token besides the id, ~70 bytes, so the whole
+    corpus at once took several times its size in memory."""
+    documents = []
+    for batch in _batches(texts, chunk_chars):
+        for encoding in tokenizer.encode_batch_fast(batch, add_special_tokens=False):
+            ids = np.empty(len(encoding) + 1, dtype=dtype)
+            ids[:-1], ids[-1] = encoding.ids, eos
+            documents.append(ids)
+    stream = np.concatenate(documents) if documents else np.empty(0, dtype=dtype)
+    return stream, [len(d) for d in documents]
+
+
+def _batches(texts: list[str], chars: int) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def pack(stream: np.ndarray, sequence_length: int) -> np.ndarray:

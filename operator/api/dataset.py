@@ -56,7 +56,8 @@ class NearDuplicates(Model):
     permutations: int = Field(default=128, ge=16, le=1024)
     bands: int = Field(default=16, ge=1, le=1024)
     threshold: float = Field(default=0.8, gt=0, le=1)
-    """Estimated Jaccard similarity above which two documents are duplicates."""
+    """Jaccard similarity of word shingles at or above which two documents are duplicates (LSH
+    finds candidates; each is confirmed by its exact similarity)."""
 
     rules = (
         Rule(

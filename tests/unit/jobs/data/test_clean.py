@@ -1,6 +1,9 @@
+import random
+import re
+
 import pytest
 
-from lmforge.jobs.data.clean import Cleaner
+from lmforge.jobs.data.clean import Cleaner, _strip_line_ends
 from lmforge.operator.api.dataset import Cleaning
 
 
@@ -24,3 +27,11 @@ from lmforge.operator.api.dataset import Cleaning
 )
 def test_cleaning(config, text, cleaned):
     assert Cleaner(Cleaning.model_validate({"minChars": 1, **config}))(text) == cleaned
+
+
+def test_line_ends_are_stripped_as_the_multiline_regex_strips_them():
+    rng = random.Random(8)
+    for _ in range(500):
+        text = "".join(rng.choice(["a", " ", "\t", "\n", "\n\n", "  x", "\u00a0", "\r"])
+                       for _ in range(rng.randint(0, 40)))  # fmt: skip
+        assert _strip_line_ends(text) == re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)

@@ -1,9 +1,11 @@
 import random
 import re
+from collections import Counter
 
 import pytest
 
-from lmforge.jobs.data.filters import Blocker, Pii, luhn, quality
+from lmforge.jobs.data import filters
+from lmforge.jobs.data.filters import Blocker, Pii, _alpha_words, luhn, quality
 from lmforge.operator.api.dataset import Blocklist, PiiFilter, QualityFilter
 
 Q = QualityFilter(min_words=5)
@@ -22,6 +24,37 @@ Q = QualityFilter(min_words=5)
 )
 def test_quality(text, reason):
     assert quality(text, Q) == reason
+
+
+def test_alpha_words_counts_words_that_contain_a_letter():
+    rng = random.Random(6)
+    pieces = ["abc", "x1", "12", "--", "_", "(a)", "é", "²", "ß9", "#", "...", "Ω", "a-b"]
+    for _ in range(300):
+        words = [rng.choice(pieces) + rng.choice(pieces) for _ in range(rng.randint(1, 20))]
+        text = " ".join(words)
+        assert _alpha_words(text, words) == sum(any(c.isalpha() for c in w) for w in words)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- a\n- b\n- c\nword",
+        "* one\n\n  * two\n\u2022 three",
+        "-\n-\n-x y",
+        "-x\n-y\n--z\nw",
+        "a\nb\n- c",
+    ],
+)
+def test_bullet_lines(text):
+    strict = QualityFilter(min_words=1, min_mean_word_length=0, max_symbol_ratio=10,
+                           min_alpha_word_ratio=0, max_duplicate_line_ratio=1,
+                           max_bullet_line_ratio=0.5)  # fmt: skip
+    expected = (
+        len(re.findall(r"^\s*[-*\u2022]\s", text, re.MULTILINE))
+        / len([line for line in text.split("\n") if line.strip()])
+        > 0.5
+    )
+    assert (quality(text, strict) == "maxBulletLineRatio") is expected
 
 
 def test_blocklist_words_and_patterns():
@@ -90,3 +123,36 @@ def test_pii_only_the_configured_types():
 )
 def test_luhn(number, valid):
     assert luhn(number) is valid and bool(re.fullmatch(r"\d+", number))
+
+
+def reference_pii(text: str, kinds: list[str]) -> tuple[str, Counter]:
+    """The definition: one alternation of the patterns, applied with re.sub."""
+    regex = re.compile("|".join(f"(?P<{k}>{filters.PATTERNS[k]})" for k in kinds))
+    found: Counter = Counter()
+
+    def replace(match: re.Match) -> str:
+        if not filters._valid(match.lastgroup, match.group()):
+            return match.group()
+        found[match.lastgroup] += 1
+        return filters._PLACEHOLDER[match.lastgroup]
+
+    return regex.sub(replace, text), found
+
+
+PIECES = [
+    "192.168.0.1", "1.2.3.4.5", "10.0.0.256", "::", "::1", "fe80::1", "a:b:c", "dead:beef::cafe",
+    "2001:db8::ff00:42:8329", "+1 (555) 123-4567", "555-123-4567", "(02) 1234 5678", "+44 20 7946 0958",
+    "4539 5787 6362 1486", "4539-5787-6362-1487", "1234567890123", "a.b@c.de", "x_y+z@mail.example.org",
+    "@decorator", "x@y", "me@host.c0m", "AKIAABCDEFGHIJKLMNOP", "ghp_" + "a" * 36, "xoxb-1234567890",
+    "sk_live_" + "Z" * 24, "AIza" + "0" * 35, "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----",
+    "-", ".", ":", "@", "+", "(", ")", "_", "é", "x", "Ab", "7", "42", "0x1f", "self.x", "a[::2]", "3.11.7",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kinds", [list(filters.PATTERNS), ["ipAddress", "phone"], ["email"]])
+def test_pii_finds_exactly_what_the_single_alternation_finds(kinds):
+    rng, pii = random.Random(9), Pii(PiiFilter(types=kinds))
+    for _ in range(3000):
+        text = "".join(rng.choice(PIECES) + rng.choice(["", "", " ", "\n", ",", "-", ".", ":", "@"])
+                       for _ in range(rng.randint(1, 12)))  # fmt: skip
+        assert pii(text) == reference_pii(text, kinds), text
