@@ -92,8 +92,9 @@ class Kube:
             )
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
-        """A container's output: every run in order from the test node's files, or the current
-        run from `kubectl logs` on another cluster (the test node serves no kubelet API)."""
+        """A container's output: every run in order from the test node's files (`kubectl logs`
+        gives only the current or the previous run), or the current run from `kubectl logs` on
+        another cluster."""
         if self.node_dir is None:
             extra = ["-c", container] if container else []
             return self("logs", "-n", namespace, pod, *extra).stdout
@@ -149,6 +150,9 @@ class LocalCluster:
         command += ["--workdir", str(self.node_dir)]
         for port, target in self.forwards.items():
             command += ["--forward", f"{port}=127.0.0.1:{target}"]
+        cert, key = self.control_plane.kubelet_cert(NODE_NAME)
+        command += ["--tls-cert-file", str(cert), "--tls-private-key-file", str(key)]
+        command += ["--client-ca-file", str(self.control_plane.ca_cert)]
         with open(self.node_log, "ab") as log:
             self.node = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

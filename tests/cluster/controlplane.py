@@ -139,6 +139,17 @@ class ControlPlane:
         ext.unlink()
         return crt, key
 
+    def kubelet_cert(self, node: str) -> tuple[Path, Path]:
+        """A serving certificate for the kubelet API of test node `node`, on 127.0.0.1, where
+        the API server reaches it (--kubelet-certificate-authority is the cluster CA)."""
+        return self.issue_cert(
+            f"kubelet-{node}",
+            f"system:node:{node}",
+            ("system:nodes",),
+            sans=("IP:127.0.0.1", f"DNS:{node}"),
+            server=True,
+        )
+
     def write_kubeconfig(self, name: str, user: str, groups: tuple[str, ...] = ()) -> Path:
         """Write workdir/<name>.kubeconfig for a client cert with CN=user, O=groups."""
         crt, key = self.issue_cert(name, user, groups)
@@ -204,6 +215,11 @@ class ControlPlane:
                 "DNS:kubernetes.default.svc",
                 "DNS:kubernetes.default.svc.cluster.local",
             ),
+        )
+        # The API server's client certificate for the kubelet API (pods/log): the user the test
+        # node authorizes with a SubjectAccessReview, in system:masters as kubeadm once made it.
+        self.issue_cert(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
         )
         sa = self._key("sa")
         sa_pub = self.pki / "sa.pub"
@@ -298,6 +314,12 @@ class ControlPlane:
             # 127.0.0.1 may not be written to the kubernetes Endpoints object.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            # pods/log (kubectl logs, the operator's progress) goes to the test node's kubelet
+            # API at its InternalIP, which is 127.0.0.1; its certificate is checked.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.ca_cert}",
+            "--kubelet-preferred-address-types=InternalIP",
         )
 
     def _start(self, timeout: float) -> None:

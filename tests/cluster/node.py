@@ -1,14 +1,16 @@
 """A test node: registers a Node, keeps its Lease, and runs the pods bound to it as processes.
 
     python tests/cluster/node.py --kubeconfig KUBECONFIG --name n1 --workdir DIR \\
-        [--cpu 16] [--memory 64Gi] [--forward 9000=127.0.0.1:PORT ...]
+        [--cpu 16] [--memory 64Gi] [--forward 9000=127.0.0.1:PORT ...] \\
+        [--tls-cert-file CRT --tls-private-key-file KEY --client-ca-file CA [--port 0]]
 
 Needs root (namespaces, mounts).  Each container's `command` + `args` runs as given with this
 Python environment in place of the image (`python` is this interpreter), inside the pod's own
 network and UTS namespaces (podnet.py) and a mount namespace of its own, where /etc/hosts (the
 stand-in for cluster DNS), /etc/resolv.conf and the pod's volumes are bind-mounted.  Status,
 restarts and deletion follow the kubelet.  Files live in DIR/pods/<ns>_<name>_<uid>/, logs in
-its logs/<container>/<restart>.log.  DIR/node.json says the node is up.
+its logs/<container>/<restart>.log.  With a serving certificate, the kubelet API that
+`kubectl logs` needs is served on 127.0.0.1 (kubelet.py).  DIR/node.json says the node is up.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kubeapi import MERGE, Api, ApiError
+from kubelet import KubeletServer
 from podnet import PREFIX, PREFIX_LEN, PodNetwork
 from podspec import API_PORT, GATEWAY, data_of
 from podworker import PodWorker
 
 K8S_VERSION = "v1.36.3"
 LEASE_SECONDS = 40
-TOOLS = ("setpriv", "unshare", "nsenter", "ip", "mount", "sh", "sleep", "hostname")
+TOOLS = ("setpriv", "unshare", "nsenter", "ip", "mount", "sh", "bash", "sleep", "hostname")
 log = logging.getLogger("node")
 
 
@@ -53,6 +56,7 @@ class Node:
         self.net = PodNetwork()
         self.workers: dict[str, PodWorker] = {}
         self.services: list[dict] = []
+        self.kubelet: KubeletServer | None = None
         self.slices: list[dict] = []
         # Containers find `python` (this interpreter: a wrapper, not a symlink, so that a
         # virtual environment is still found from its path), then its `torchrun`, `lmforge`.
@@ -74,6 +78,10 @@ class Node:
             ("Ready", "True", "KubeletReady"),
         ]
         times = {"lastHeartbeatTime": t, "lastTransitionTime": t}
+        # The API server (host network namespace) reaches the kubelet API on loopback; pods see
+        # the node as 10.244.0.1 (their status.hostIP), where nothing of the kubelet listens.
+        address = self.kubelet.host if self.kubelet else GATEWAY
+        port = self.kubelet.port if self.kubelet else 0
         return {
             "capacity": self.resources,
             "allocatable": self.resources,
@@ -82,10 +90,10 @@ class Node:
                 for kind, status, reason in conditions
             ],
             "addresses": [
-                {"type": "InternalIP", "address": GATEWAY},
+                {"type": "InternalIP", "address": address},
                 {"type": "Hostname", "address": self.name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             "nodeInfo": {
                 **dict.fromkeys(("machineID", "systemUUID", "bootID", "kubeProxyVersion"), ""),
                 "kernelVersion": platform.release(),
@@ -251,7 +259,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PORT=HOST:PORT",
         help=f"make a loopback address of this machine reachable from pods at {GATEWAY}:PORT",
     )
-    return parser.parse_args(argv)
+    kubelet = parser.add_argument_group("kubelet API (kubectl logs); served when a cert is given")
+    kubelet.add_argument("--tls-cert-file", help="serving certificate (SAN IP:127.0.0.1)")
+    kubelet.add_argument("--tls-private-key-file")
+    kubelet.add_argument("--client-ca-file", help="CA of the API server's client certificate")
+    kubelet.add_argument("--address", default="127.0.0.1", help="where the API server reaches it")
+    kubelet.add_argument("--port", type=int, default=0, help="0: a free port")
+    args = parser.parse_args(argv)
+    tls = (args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+    if any(tls) and not all(tls):
+        parser.error("--tls-cert-file, --tls-private-key-file and --client-ca-file go together")
+    return args
 
 
 def preflight() -> None:
@@ -277,10 +295,22 @@ def main(argv: list[str]) -> int:
         node.net.forward(API_PORT, (server.hostname, server.port or 443))
         for port, target in args.forward:
             node.net.forward(port, target)
+        if args.tls_cert_file:
+            node.kubelet = KubeletServer(
+                node,
+                args.address,
+                args.port,
+                args.tls_cert_file,
+                args.tls_private_key_file,
+                args.client_ca_file,
+            )
+            node.kubelet.start()
         node.register()
         threading.Thread(target=node.renew_lease, name="lease", daemon=True).start()
         threading.Thread(target=node.refresh_dns, name="dns", daemon=True).start()
         info = {"name": node.name, "pid": os.getpid(), "netns": node.net.netns, "gateway": GATEWAY}
+        if node.kubelet:
+            info["kubelet"] = f"https://{node.kubelet.host}:{node.kubelet.port}"
         (node.workdir / "node.json").write_text(json.dumps(info))
         log.info("node ready: %s", json.dumps(info))
         node.watch_pods()

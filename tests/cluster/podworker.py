@@ -271,7 +271,7 @@ class PodWorker:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         assert self.sandbox
         command = ["setpriv", "--pdeathsig", "KILL", *in_pod(self.sandbox)]
-        command += ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+        command += ["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "sh"]
         with open(logfile, "ab") as out:
             c.proc = subprocess.Popen(
                 command + argv,
@@ -285,28 +285,52 @@ class PodWorker:
         c.state = {"running": {"startedAt": now()}}
 
     def _mount_script(self, c: Container, volumes: dict[str, Path]) -> str:
-        """Shell run inside the container's new mount namespace, before exec of its command."""
+        """Bash run inside the container's new mount namespace, before exec of its command.
+
+        Every source is opened before anything is mounted, and mounted through /proc/self/fd:
+        a volume mounted over a folder that holds the node's files (an emptyDir at /tmp, where
+        the node's workdir often is) must not hide the sources of the mounts after it. The
+        descriptors are closed before the command runs.
+        """
         q = shlex.quote
-        lines = [
-            "set -e",
-            f"mount --bind {q(str(self.dir / 'etc/hosts'))} /etc/hosts",
-            f"mount --bind {q(str(self.dir / 'etc/resolv.conf'))} /etc/resolv.conf",
+        binds = [
+            (self.dir / "etc/hosts", "/etc/hosts", False),
+            (self.dir / "etc/resolv.conf", "/etc/resolv.conf", False),
         ]
-        mounts = sorted(c.spec.get("volumeMounts") or [], key=lambda m: m["mountPath"])
-        for mount in mounts:
+        for mount in sorted(c.spec.get("volumeMounts") or [], key=lambda m: m["mountPath"]):
             if mount["name"] not in volumes:
                 raise ConfigError(f"container {c.name!r}: no volume named {mount['name']!r}")
             source = volumes[mount["name"]] / mount.get("subPath", "")
-            target = q(mount["mountPath"])
+            binds.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
+        lines = ["set -e"]
+        # Folders and files by descriptor; anything else (a hostPath socket or FIFO, which an
+        # open would refuse or block on) by path, as before.
+        opened = [source.is_dir() or source.is_file() for source, _, _ in binds]
+        lines += [
+            f"exec {{fd{i}}}<{q(str(source))}"
+            for i, (source, _, _) in enumerate(binds)
+            if opened[i]
+        ]
+        workdir = c.spec.get("workingDir")
+        if not workdir:  # the pod's own folder: entered before a volume can hide it
+            default = q(str(self.dir / "work"))
+            lines += [f"mkdir -p {default}", f"cd {default}"]
+        for i, (source, target, read_only) in enumerate(binds):
+            target = q(target)
             if source.is_file():
-                lines.append(f"mkdir -p $(dirname {target}); [ -e {target} ] || touch {target}")
+                lines.append(f'mkdir -p "$(dirname {target})"; [ -e {target} ] || touch {target}')
             else:
                 lines.append(f"mkdir -p {target}")
-            lines.append(f"mount --bind {q(str(source))} {target}")
-            if mount.get("readOnly"):
-                lines.append(f"mount -o remount,bind,ro {target}")
-        workdir = q(c.spec.get("workingDir") or str(self.dir / "work"))
-        lines += [f"mkdir -p {workdir}", f"cd {workdir}", 'exec "$@"']
+            if opened[i]:
+                lines.append(f'mount --no-canonicalize --bind "/proc/self/fd/$fd{i}" {target}')
+                lines.append(f"exec {{fd{i}}}<&-")
+            else:
+                lines.append(f"mount --bind {q(str(source))} {target}")
+            if read_only:
+                lines.append(f"mount --no-canonicalize -o remount,bind,ro {target}")
+        if workdir:  # in the container's view, volumes included
+            lines += [f"mkdir -p {q(workdir)}", f"cd {q(workdir)}"]
+        lines.append('exec "$@"')
         return "\n".join(lines)
 
     def _exited(self, c: Container) -> None:
