@@ -6,6 +6,7 @@ model in jobs/model.py: a test builds every preset and compares.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import prod
 
 from lmforge.operator.api.architecture import Architecture
@@ -68,3 +69,21 @@ def training_flops_per_token(arch: Architecture, seq_len: int | None = None) -> 
     embedding = arch.vocab_size * arch.d_model
     matmul_parameters = parameter_count(arch) - (0 if arch.tied_embeddings else embedding)
     return 6 * matmul_parameters + 12 * arch.layers * arch.d_model * seq_len
+
+
+@dataclass(frozen=True)
+class Gpu:
+    memory_gib: float
+    """Total memory as the driver reports it."""
+    bf16_tflops: float
+    """Dense (no sparsity) bf16 tensor-core peak, from the vendor's data sheet."""
+
+
+GPUS = {
+    "A100-40GB": Gpu(40.0, 312),
+    "A100-80GB": Gpu(80.0, 312),
+    "H100-80GB": Gpu(79.6, 989),  # SXM
+    "H200-141GB": Gpu(140.4, 989),
+    "L4": Gpu(22.5, 121),
+    "L40S": Gpu(45.0, 362),
+}

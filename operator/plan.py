@@ -29,7 +29,12 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
-from lmforge.jobs.sizing import layer_parameter_count, parameter_count, training_flops_per_token
+from lmforge.jobs.sizing import (
+    GPUS,
+    layer_parameter_count,
+    parameter_count,
+    training_flops_per_token,
+)
 
 from .api.architecture import PRESETS, Architecture
 from .validate import field_path
@@ -38,23 +43,6 @@ GIB = 2**30
 USABLE_MEMORY = 0.9
 STATE_BYTES_PER_PARAMETER = 16
 
-
-@dataclass(frozen=True)
-class Gpu:
-    memory_gib: float
-    """Total memory as the driver reports it."""
-    bf16_tflops: float
-    """Dense (no sparsity) bf16 tensor-core peak, from the vendor's data sheet."""
-
-
-GPUS = {
-    "A100-40GB": Gpu(40.0, 312),
-    "A100-80GB": Gpu(80.0, 312),
-    "H100-80GB": Gpu(79.6, 989),  # SXM
-    "H200-141GB": Gpu(140.4, 989),
-    "L4": Gpu(22.5, 121),
-    "L40S": Gpu(45.0, 362),
-}
 
 # Share of the stated MFU kept when gradients cross nodes over this link. A rule of thumb for
 # communication that is not fully overlapped with compute, not a model of it; one node counts

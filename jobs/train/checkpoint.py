@@ -38,6 +38,9 @@ class Checkpointer:
         self.fs, self.root = filesystem(self.uri, endpoint_url)
         self.rank = dist.get_rank()
         self._pending: tuple[int, Any, dict] | None = None
+        # A background save runs its collectives from another thread: on the training group they
+        # would interleave with the training step's and deadlock, so it gets a group of its own.
+        self._group = dist.new_group(backend="gloo") if async_save else None
 
     def step_uri(self, step: int) -> str:
         return f"{self.uri}/step-{step}"
@@ -71,7 +74,11 @@ class Checkpointer:
         write_atomic(self.fs, join(path, f"rank-{self.rank}.pt"), buffer.getvalue())
         writer = _writer(self.fs, path, self.endpoint_url)
         if self.async_save:
-            self._pending = (step, dcp.async_save(state, storage_writer=writer), meta)
+            self._pending = (
+                step,
+                dcp.async_save(state, storage_writer=writer, process_group=self._group),
+                meta,
+            )
         else:
             dcp.save(state, storage_writer=writer)
             self._commit(step, meta)

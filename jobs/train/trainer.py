@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import tempfile
 import time
@@ -311,16 +312,16 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16  # auto and bf16
 
 
-# Dense bf16 peak FLOP/s by GPU name, for MFU. LMFORGE_PEAK_FLOPS overrides (any device).
-_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
-
 def _peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak FLOP/s of this device, for MFU; LMFORGE_PEAK_FLOPS overrides it."""
     if os.environ.get("LMFORGE_PEAK_FLOPS"):
         return float(os.environ["LMFORGE_PEAK_FLOPS"])
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        return next((v for k, v in _PEAK.items() if k in name), None)
+        # "NVIDIA H100 80GB HBM3" -> H100-80GB; LMFORGE_PEAK_FLOPS covers the GPUs not listed.
+        model = (k for k in sizing.GPUS if re.search(rf"\b{k.split('-')[0]}\b", name))
+        peaks = (sizing.GPUS[k].bf16_tflops for k in model)
+        return next((p * 1e12 for p in peaks), None)
     return None
 
 

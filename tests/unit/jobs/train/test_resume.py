@@ -83,3 +83,34 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_compute(tmp_path
     assert "was written by another configuration (architecture:" in result.stderr
     assert "set training.checkpoint.uri to a new location" in result.stderr
     assert not events(tmp_path, "resume")
+
+
+def test_activation_checkpointing_and_async_save_change_no_result(tmp_path, dataset):
+    """Recomputing activations in backward and saving in the background are optimisations only:
+    losses, weights and resume after a crash are bit for bit those of a plain run."""
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    assert train(plain, config(plain, dataset, "fsdp")).returncode == 0
+    cfg = config(tuned, dataset, "fsdp", activationCheckpointing=True,
+                 checkpoint={"everySteps": 2, "keep": 2, "asyncSave": True})  # fmt: skip
+    assert train(tuned, cfg, stop_at=5).returncode != 0
+    result = train(tuned, cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (resume,) = events(tuned, "resume")
+    assert 2 <= resume["step"] <= 5
+    assert losses(tuned) == losses(plain)
+    expected, got = weights(plain), weights(tuned)
+    assert all(expected[k].equal(got[k]) for k in expected)
+    assert (tuned / "checkpoints" / "step-10" / "COMMITTED").exists()  # the last async save
+
+
+def test_compiled_model_trains_like_the_eager_one(tmp_path, dataset):
+    """torch.compile (inductor, C++ on CPU) fuses kernels, so results agree to rounding."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    one = {"processesPerNode": 1}
+    assert train(eager, {**config(eager, dataset, steps=4), **one}, nproc=1).returncode == 0
+    cfg = {**config(compiled, dataset, steps=4, compile=True), **one}
+    result = train(compiled, cfg, nproc=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = losses(eager), losses(compiled)
+    assert a.keys() == b.keys() == {1, 2, 3, 4}
+    assert all(abs(a[s] - b[s]) < 1e-3 * a[s] for s in a), (a, b)
