@@ -138,6 +138,37 @@ def describe_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def lineage_command(args: argparse.Namespace) -> int:
+    from . import lineage
+    from .local.show import kind_named
+    from .local.state import State
+
+    objects = lineage.from_cluster(args.namespace) if args.kube else State(args.state).all()
+    where = (
+        f"namespace {args.namespace}"
+        if args.kube and args.namespace
+        else ("the cluster" if args.kube else str(args.state))
+    )
+    if args.source:
+        found = lineage.built_from(objects, args.source)
+        for obj, via in found:
+            print(f"{lineage.key(obj)}  <- {via}")
+        if not found:
+            print(f"nothing in {where} was built from {args.source}", file=sys.stderr)
+        return 0 if found else 1
+    kind_text, _, name = (args.resource or "").partition("/")
+    kind = kind_named(kind_text)
+    if not kind or not name:
+        print("give KIND/NAME (e.g. pretrainjob/stdlib-tiny) or --source URI", file=sys.stderr)
+        return 2
+    try:
+        print(lineage.tree(objects, kind, name))
+    except LookupError as error:
+        print(f"{error} in {where}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def operator_command(args: argparse.Namespace) -> int:
     from .main import main as operator_main  # the operator extra: kopf, kubernetes
 
@@ -199,6 +230,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("resource", help="KIND/NAME, e.g. pretrainjob/stdlib-tiny")
     sub.add_argument("--state", type=Path, default=Path(".lmforge"))
     sub.set_defaults(run=describe_command)
+
+    sub = commands.add_parser(
+        "lineage", help="what a resource was built from, or (--source) all built from a source"
+    )
+    sub.add_argument("resource", nargs="?", help="KIND/NAME, e.g. pretrainjob/stdlib-tiny")
+    sub.add_argument("--source", metavar="URI", help="list every resource built from this source")
+    sub.add_argument("--state", type=Path, default=Path(".lmforge"), help="resources run here")
+    sub.add_argument("--kube", action="store_true", help="read the cluster's resources instead")
+    sub.add_argument("-n", "--namespace", help="with --kube (default: all namespaces)")
+    sub.set_defaults(run=lineage_command)
 
     sub = commands.add_parser(
         "operator", help="run the operator (kopf) against the current cluster"

@@ -72,6 +72,12 @@ def reconcile_dataset(namespace: str, name: str, **_: Any) -> None:
     run(KIND, namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, "datasets", interval=SETTINGS.interval_seconds)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "datasets",
+    interval=SETTINGS.interval_seconds,
+    initial_delay=SETTINGS.interval_seconds,
+)
 def follow_dataset(namespace: str, name: str, **_: Any) -> None:
     run(KIND, namespace, name)

@@ -81,6 +81,12 @@ def reconcile_evaluation(namespace: str, name: str, **_: Any) -> None:
     run(KIND, namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, "evaluations", interval=SETTINGS.interval_seconds)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "evaluations",
+    interval=SETTINGS.interval_seconds,
+    initial_delay=SETTINGS.interval_seconds,
+)
 def follow_evaluation(namespace: str, name: str, **_: Any) -> None:
     run(KIND, namespace, name)

@@ -68,7 +68,13 @@ def reconcile_pretrainjob(namespace: str, name: str, **_: Any) -> None:
     run(KIND, namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, "pretrainjobs", interval=SETTINGS.interval_seconds)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "pretrainjobs",
+    interval=SETTINGS.interval_seconds,
+    initial_delay=SETTINGS.interval_seconds,
+)
 def follow_pretrainjob(namespace: str, name: str, **_: Any) -> None:
     """Level-triggered: pods, progress and deadlines change without the resource changing."""
     run(KIND, namespace, name)

@@ -67,6 +67,12 @@ class Node:
             (bindir / alias).chmod(0o755)
         system = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         self.path = os.pathsep.join([str(bindir), str(Path(sys.executable).parent), *system])
+        # What the image would hold: the aliases, this interpreter's environment, and this
+        # checkout (an editable install imports from it). A pod volume mounted over a folder
+        # that holds one of them (the Helm chart's emptyDir at /tmp, with the checkout under
+        # /tmp) must not hide it: PodWorker binds them back on top.
+        here = Path(__file__).resolve()
+        self.image_paths = sorted({bindir.resolve(), Path(sys.prefix).resolve(), here.parents[2]})
 
     # -- the Node object and its Lease --------------------------------------------------------
     def _status(self) -> dict:

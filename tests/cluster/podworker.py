@@ -302,6 +302,10 @@ class PodWorker:
                 raise ConfigError(f"container {c.name!r}: no volume named {mount['name']!r}")
             source = volumes[mount["name"]] / mount.get("subPath", "")
             binds.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
+        volume_targets = [Path(target) for _, target, _ in binds]
+        for keep in self.node.image_paths:  # the image's files stay visible over a volume
+            if any(keep != t and keep.is_relative_to(t) for t in volume_targets):
+                binds.append((keep, str(keep), False))
         lines = ["set -e"]
         # Folders and files by descriptor; anything else (a hostPath socket or FIFO, which an
         # open would refuse or block on) by path, as before.

@@ -166,6 +166,14 @@ class HelmOperator:
             time.sleep(0.5)
         return self
 
+    def upgrade(self, **values: str) -> None:
+        """`helm upgrade --reuse-values` with these values; returns once the new pod is ready."""
+        sets = [f"--set={key}={value}" for key, value in values.items()]
+        self._helm("upgrade", self.release, str(ROOT / "helm" / "lmforge"), "--reuse-values",
+                   "--skip-crds", *sets)  # fmt: skip
+        self.kube("rollout", "status", f"deployment/{self.release}", "-n", self.namespace,
+                  f"--timeout={READY_SECONDS}s", timeout=READY_SECONDS + 30)  # fmt: skip
+
     def log_text(self) -> str:
         """The operator pod's log, through `kubectl logs` (the test node's kubelet API)."""
         done = self.kube(

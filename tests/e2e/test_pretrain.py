@@ -8,11 +8,15 @@ import itertools
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
 
 import pytest
+import s3fs
+import safetensors.torch
 from e2e_support import (
     FINALIZER,
     TRAIN_SECONDS,
@@ -43,10 +47,7 @@ def _progress(log: str) -> list[dict]:
     return [json.loads(line) for line in EVENT.findall(log)]
 
 
-# The Helm-installed case ("helm") is left out for now: the chart mounts an emptyDir at /tmp,
-# which in the test node's mount namespace hides a checkout that lives under /tmp (where CI's
-# clone may be), so the operator pod cannot import lmforge. See the stop note.
-@pytest.mark.parametrize("operator", ["process"], indirect=True)
+@pytest.mark.parametrize("operator", ["process", "helm"], indirect=True)
 def test_dataset_and_pretrainjob_succeed(cluster, namespace, s3, s3_endpoint, operator):
     """Case 1, with the operator as a process here, and as installed by the Helm chart."""
     api = Api(cluster.kubeconfig)
@@ -106,9 +107,18 @@ def test_dataset_and_pretrainjob_succeed(cluster, namespace, s3, s3_endpoint, op
     assert [e["step"] for e in progress if e["event"] == "step"] == list(range(1, 13))
     assert cluster("logs", "-n", namespace, "tiny-worker-1").stdout.count('{"event"') == 0
 
+    if hasattr(operator, "upgrade"):  # installed by helm: an upgrade rolls it; the job stays done
+        operator.upgrade(reconcileInterval="2")
+        deployment = cluster.get("deployment", operator.release, "-n", namespace)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["LMFORGE_RECONCILE_INTERVAL"] == "2"
+        assert deployment["metadata"]["generation"] == 2
+        assert read(api, "PretrainJob", namespace, "tiny")["status"]["phase"] == "Succeeded"
+
 
 def test_deleted_worker_restarts_the_gang_from_its_checkpoint(
-    cluster, namespace, s3, operator
+    cluster, namespace, s3, s3_endpoint, operator, tmp_path
 ):  # fmt: skip
     api = Api(cluster.kubeconfig)
     store = _store(s3)
@@ -178,6 +188,28 @@ def test_deleted_worker_restarts_the_gang_from_its_checkpoint(
         if e["reason"] == "Restarting"
     )  # fmt: skip
     assert "gang-worker-1" in restarting and "(1 of 2)" in restarting
+
+    # The result equals an uninterrupted run's: the gang's own config run here in one go, two
+    # processes on one host instead of two pods of one (the same ranks, the same arithmetic).
+    (config_map,) = children(api, namespace, "gang")["ConfigMap"]
+    config = json.loads(config_map["data"]["config.json"])
+    model_uri = config["outputUri"]
+    config |= {
+        "endpointUrl": s3_endpoint, "nodes": 1, "processesPerNode": 2,
+        "checkpointUri": (tmp_path / "checkpoints").as_uri(),
+        "outputUri": (tmp_path / "model").as_uri(), "progressPath": str(tmp_path / "progress"),
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", "-m", "lmforge.jobs.train", "--config",
+               str(tmp_path / "config.json")]  # fmt: skip
+    straight = subprocess.run(command, capture_output=True, text=True, timeout=TRAIN_SECONDS)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    restarted = safetensors.torch.load(fs.cat_file(f"{model_uri}/model.safetensors"))
+    expected = safetensors.torch.load_file(tmp_path / "model" / "model.safetensors")
+    assert restarted.keys() == expected.keys()
+    assert all(restarted[k].equal(expected[k]) for k in expected)
 
 
 def test_operator_killed_mid_reconcile_leaves_no_duplicates(cluster, namespace, s3, operator):

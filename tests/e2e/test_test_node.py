@@ -9,10 +9,13 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from cluster import python_pod
 from e2e_support import unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LINES = "for i in range(5): print('line', i, flush=True)\n"
 
@@ -79,7 +82,9 @@ def test_kubelet_api_requires_a_cluster_client_certificate(cluster, tmp_path):
 
 
 def test_a_volume_over_the_nodes_folder_hides_no_other_mount(cluster, namespace):
-    """An emptyDir at /tmp, where the node keeps each pod's files, and a ConfigMap in it."""
+    """An emptyDir at /tmp, where the node keeps each pod's files, with a ConfigMap in it; and
+    one over the folder that holds this checkout: what stands in for the image (the checkout,
+    the interpreter, the node's `python`) stays visible, as an image's files would."""
     if cluster.node_dir is None:
         unavailable("another cluster's node keeps its files elsewhere")
     config = {
@@ -88,21 +93,25 @@ def test_a_volume_over_the_nodes_folder_hides_no_other_mount(cluster, namespace)
         "metadata": {"name": "settings"},
         "data": {"a.json": json.dumps({"a": 1})},
     }
+    mounts = {"/tmp", str(ROOT.parent)}
+    code = """
+        import json, os, shutil
+        import lmforge.operator.cli
+        print(json.load(open('/tmp/app/a.json'))['a'], 'app' in os.listdir('/tmp'),
+              os.path.basename(os.getcwd()), bool(shutil.which('python')))
+    """
     pod = python_pod(
         "shadow",
-        "import json, os; print(json.load(open('/tmp/app/a.json'))['a'], os.listdir('/tmp'),"
-        " os.path.basename(os.getcwd()))",
-        volumes=[
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "settings", "configMap": {"name": "settings"}},
-        ],
+        code,
+        volumes=[{"name": f"v{i}", "emptyDir": {}} for i in range(len(mounts))]
+        + [{"name": "settings", "configMap": {"name": "settings"}}],
         container={
             "volumeMounts": [
-                {"name": "tmp", "mountPath": "/tmp"},
-                {"name": "settings", "mountPath": "/tmp/app", "readOnly": True},
+                {"name": f"v{i}", "mountPath": m} for i, m in enumerate(sorted(mounts))
             ]
+            + [{"name": "settings", "mountPath": "/tmp/app", "readOnly": True}]
         },
     )
     cluster.apply(config, pod, namespace=namespace)
     cluster.wait("pod/shadow", "jsonpath={.status.phase}=Succeeded", namespace)
-    assert cluster.logs(namespace, "shadow") == "1 ['app'] work\n"
+    assert cluster.logs(namespace, "shadow") == "1 True work True\n"
