@@ -67,8 +67,12 @@ def test_tree_follows_inputs_to_the_resources_that_produced_them(state, capsys):
     ]
 
 
-EVERYTHING = ["Dataset/stdlib  <- {}", "Evaluation/e  <- Dataset/stdlib",
-              "PretrainJob/m  <- Dataset/stdlib", "FineTune/chat  <- PretrainJob/m"]
+EVERYTHING = [
+    "Dataset/stdlib  <- {}",
+    "Evaluation/e  <- Dataset/stdlib",
+    "PretrainJob/m  <- Dataset/stdlib",
+    "FineTune/chat  <- PretrainJob/m",
+]
 
 
 @pytest.mark.parametrize(("source", "expected"), [
