@@ -91,7 +91,7 @@ class Tracker:
                 method, *args, timeout_seconds=600, deserialize=False
             ):
                 self._seen(kind, event["object"])
-        except Exception:  # noqa: BLE001 (the control plane stops under an open watch)
+        except Exception:  # the control plane stops under an open watch
             return
 
     def _seen(self, kind: str, obj: dict) -> None:
