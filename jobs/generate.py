@@ -1,17 +1,81 @@
-"""Sampling text from a trained model: temperature and top-k, seeded, for reports and quick looks.
-
-This is the plain loop (one full forward per token); the server ([8/8]) decodes with a KV cache.
+"""Decoding with a KV cache: sampling settings, choosing the next token, and generating one
+sequence. The server (jobs/serve) batches many sequences over the same cache and `pick`; reports
+and RLHF rollouts use `generate`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tokenizers import Tokenizer
 
-from .model import Transformer
+from .model import KVCache, Step, Transformer
+
+EOS = "<|eos|>"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """OpenAI's sampling parameters. temperature 0 is greedy (argmax), deterministic."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0: no top-k cut."""
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def generator(self) -> torch.Generator:
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
+
+
+def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """The next token from one row of logits (vocab,)."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    probs = torch.softmax(logits, -1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always the most likely token).
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        probs = probs.scatter(0, order[outside], 0.0)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.no_grad()
+def generate(
+    model: Transformer, prompt: list[int], sampling: Sampling, eos: int | None
+) -> list[int]:
+    """The prompt's continuation as token ids, without the prompt; stops at eos, at max_tokens
+    or at the end of the context (stop strings are the caller's: they need the text)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.arch, slots=1, dtype=dtype)
+    generator = sampling.generator()
+    room = model.arch.context_length - len(prompt)
+    tokens, position, out = torch.tensor([prompt]), 0, []
+    for _ in range(min(sampling.max_tokens, room)):
+        logits = model(tokens, step=Step(cache, torch.tensor([0]), torch.tensor([position])))
+        position += tokens.shape[1]
+        token = pick(logits[0, -1], sampling, generator)
+        if token == eos:
+            break
+        out.append(token)
+        tokens = torch.tensor([[token]])
+    return out
+
+
 def sample(
     model: Transformer,
     tokenizer: Tokenizer,
@@ -21,20 +85,8 @@ def sample(
     top_k: int = 50,
     seed: int = 0,
 ) -> str:
-    """The prompt's continuation (without the prompt); stops at end of text."""
-    generator = torch.Generator().manual_seed(seed)
+    """The prompt's continuation as text, for reports: temperature and top-k, seeded."""
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    eos = tokenizer.token_to_id("<|eos|>")
-    prompt_length = len(ids)
-    model.eval()
-    for _ in range(max_new_tokens):
-        window = torch.tensor([ids[-model.arch.context_length :]])
-        logits = model(window)[0, -1].float() / max(temperature, 1e-5)
-        if top_k:
-            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-            logits[logits < kth] = -float("inf")
-        token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-        if token == eos:
-            break
-        ids.append(token)
-    return tokenizer.decode(ids[prompt_length:])
+    ids = ids[-(model.arch.context_length - max_new_tokens) :] if max_new_tokens else ids
+    settings = Sampling(max_new_tokens, temperature, top_k=top_k, seed=seed)
+    return tokenizer.decode(generate(model, ids, settings, tokenizer.token_to_id(EOS)))

@@ -11,6 +11,7 @@ it under `torch.device("meta")`, shard it, `to_empty(device=...)`, then call `in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,47 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
 
 
+class KVCache:
+    """Keys and values of every layer for `slots` sequences of up to `length` tokens: the state
+    of incremental decoding. Each sequence keeps its slot from its prompt to its last token."""
+
+    def __init__(
+        self, arch: Architecture, slots: int, length: int | None = None, dtype=torch.float32
+    ):
+        length = length or arch.context_length
+        shape = (arch.layers, slots, arch.kv_heads, length, arch.d_model // arch.heads)
+        self.k = torch.zeros(shape, dtype=dtype)
+        self.v = torch.zeros(shape, dtype=dtype)
+
+
+class Step(NamedTuple):
+    """Where a batch goes in the cache: row b holds the tokens of sequence `slots[b]` from
+    position `positions[b]` on (a whole prompt, or the one token of a decode step)."""
+
+    cache: KVCache
+    slots: torch.Tensor
+    positions: torch.Tensor
+
+    def at(self, seq: int) -> torch.Tensor:
+        """(batch, seq): the position of every token of the batch."""
+        return self.positions[:, None] + torch.arange(seq)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store this batch's keys and values, then attend from each token to its sequence's
+        tokens up to itself."""
+        at = self.at(q.shape[2])
+        keys, values = self.cache.k[layer], self.cache.v[layer]  # (slots, kv_heads, length, dim)
+        rows = self.slots[:, None]
+        keys[rows, :, at] = k.transpose(1, 2).to(keys.dtype)
+        values[rows, :, at] = v.transpose(1, 2).to(values.dtype)
+        span = int(at.max()) + 1
+        mask = (torch.arange(span) <= at[..., None])[:, None]  # (batch, 1, seq, span)
+        keys, values = keys[self.slots, :, :span], values[self.slots, :, :span]
+        return F.scaled_dot_product_attention(
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=True
+        )
+
+
 class Attention(nn.Module):
     """Causal self-attention; kv_heads < heads shares each key/value head among a group."""
 
@@ -65,7 +107,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(arch.d_model, arch.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(arch.heads * self.head_dim, arch.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: Step | None, layer: int
+    ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -73,7 +117,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # enable_gqa lets the kernel broadcast each k/v head over its group of query heads,
         # instead of materialising heads/kv_heads copies of k and v.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if step is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = step.attend(layer, q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -100,8 +147,15 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
         self.mlp = MLP(arch)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        step: Step | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -148,22 +202,28 @@ class Transformer(nn.Module):
         self.rope_sin.copy_(sin)
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, step: Step | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (batch, seq, vocab) for tokens (batch, seq); with targets, also the mean loss.
 
-        Targets equal to -100 are ignored (e.g. prompt tokens in supervised fine-tuning).
+        Targets equal to -100 are ignored (e.g. prompt tokens in supervised fine-tuning). With a
+        `step`, the tokens continue sequences held in its KV cache (incremental decoding).
         """
         seq = tokens.shape[1]
-        if seq > self.arch.context_length:
+        end = seq if step is None else int(step.positions.max()) + seq
+        if end > self.arch.context_length:
             raise ValueError(
-                f"sequence of {seq} tokens is longer than the context length"
+                f"sequence of {end} tokens is longer than the context length"
                 f" {self.arch.context_length}: shorten it or raise architecture.contextLength"
             )
         x = self.model.embed_tokens(tokens)
-        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)
+        if step is None:
+            cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        else:  # each row from its own position; (batch, 1, seq, dim) broadcasts over heads
+            at = step.at(seq)
+            cos, sin = self.rope_cos[at][:, None], self.rope_sin[at][:, None]
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, step, i)
         logits = self.lm_head(self.model.norm(x))
         if targets is None:
             return logits

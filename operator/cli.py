@@ -169,6 +169,12 @@ def lineage_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    from lmforge.jobs.serve.__main__ import main as serve_main  # the serve extra: torch, fastapi
+
+    return serve_main(args.serve_args)
+
+
 def operator_command(args: argparse.Namespace) -> int:
     from .main import main as operator_main  # the operator extra: kopf, kubernetes
 
@@ -242,10 +248,18 @@ def parser() -> argparse.ArgumentParser:
     sub.set_defaults(run=lineage_command)
 
     sub = commands.add_parser(
-        "operator", help="run the operator (kopf) against the current cluster"
+        "operator", help="run the operator (kopf) against the current cluster", add_help=False
     )
     sub.add_argument("kopf_args", nargs=argparse.REMAINDER, help="passed to `kopf run`")
     sub.set_defaults(run=operator_command)
+
+    sub = commands.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible API (see `lmforge serve -h`)",
+        add_help=False,
+    )
+    sub.add_argument("serve_args", nargs=argparse.REMAINDER, help="passed to the server")
+    sub.set_defaults(run=serve_command)
 
     sub = commands.add_parser(
         "plan", help="estimate memory, throughput and cost of a training run before it runs"
@@ -256,6 +270,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # These parse their own options (argparse's REMAINDER drops leading options).
+    if argv[:1] == ["serve"]:
+        return serve_command(argparse.Namespace(serve_args=argv[1:]))
+    if argv[:1] == ["operator"]:
+        return operator_command(argparse.Namespace(kopf_args=argv[1:]))
     args = parser().parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,256 @@
+"""Serving throughput: `lmforge serve` against Hugging Face transformers' generate, side by side.
+
+    pip install -e '.[dev]' && python benchmarks/serve.py [--preset small] [--max-tokens 64]
+
+Both get the same exported weights (random, seeded: speed does not depend on what was learned),
+the same prompts and greedy decoding of `--max-tokens` tokens. lmforge: the real server in its own
+process (`lmforge serve`, 16 slots), driven over HTTP with streaming requests from 1, 4 and 16
+client threads at once; time to first token is when the first chunk arrives. transformers:
+`LlamaForCausalLM.generate` in this process with its KV cache, two ways: one request at a time
+(what a server that calls generate per request does; request i waits for those before it), and
+the c prompts of a round batched into one call (left-padded; no HTTP, no streaming: an upper
+bound for static batching). Its time to first token is a `max_new_tokens=1` call.
+
+Also measured here: the memory bandwidth this process reads at (a sum over a tensor far larger
+than the caches), which bounds batch-1 decoding at bandwidth / bytes of weights per token.
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import torch
+from transformers import LlamaForCausalLM
+
+from lmforge.jobs import hf
+from lmforge.jobs.data.tokenize import train as train_tokenizer
+from lmforge.jobs.model import Transformer
+from lmforge.operator.api.architecture import Architecture
+from lmforge.operator.api.dataset import TokenizerTraining
+
+PROMPTS = [
+    "def load(fp, *, cls=None",
+    "import json\nimport sys\n\n",
+    "class Decoder(object):",
+    "    def __init__(self, ",
+    "# Copyright 2001 ",
+    "if __name__ == '__main__':",
+    "    return self.",
+    "from collections import ",
+]
+LEVELS = (1, 4, 16)
+
+
+def read_bandwidth(size_mib: int = 1024, repeat: int = 5) -> float:
+    """Bytes per second a sum streams from memory (fp32, far larger than any cache)."""
+    x = torch.ones(size_mib * 2**20 // 4)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(repeat))
+    return x.numel() * 4 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def build(out: Path, preset: str) -> tuple[Path, int]:
+    import json as stdlib_json
+
+    texts = [p.read_text() for p in Path(stdlib_json.__file__).parents[1].glob("email/*.py")]
+    tokenizer = train_tokenizer(texts, TokenizerTraining(vocab_size=8192))
+    tokenizer.save(str(out / "tokenizer.json"))
+    torch.manual_seed(0)
+    arch = Architecture.model_validate({"preset": preset, "vocabSize": tokenizer.get_vocab_size()})
+    model = Transformer(arch)
+    hf.export(model, arch, out, tokenizer_json_path=out / "tokenizer.json")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return out, weights
+
+
+def lmforge_round(base: str, clients: int, max_tokens: int) -> dict:
+    def one(i: int) -> tuple[float, int]:
+        body = {
+            "model": "bench",
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        start, first, tokens = time.perf_counter(), None, 0
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=600) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    first = first or time.perf_counter()
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+        return first - start, tokens
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients)))
+    wall = time.perf_counter() - start
+    return {
+        "tokens_per_second": sum(t for _, t in results) / wall,
+        "ttft_seconds": statistics.median(f for f, _ in results),
+    }
+
+
+def hf_round(model, tokenizer, clients: int, max_tokens: int) -> dict:
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(clients)]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": None}
+    with torch.inference_mode():
+        ttft = _timed(lambda: model.generate(**batch, max_new_tokens=1, **kwargs))
+        wall = _timed(
+            lambda: model.generate(
+                **batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, **kwargs
+            )
+        )
+    return {"tokens_per_second": clients * max_tokens / wall, "ttft_seconds": ttft}
+
+
+def hf_one_at_a_time(model, tokenizer, clients: int, max_tokens: int) -> dict:
+    """A server that calls generate per request, in turn: request i waits for those before it."""
+    kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": None}
+    clock, ttfts = 0.0, []
+    with torch.inference_mode():
+        for i in range(clients):
+            batch = tokenizer([PROMPTS[i % len(PROMPTS)]], return_tensors="pt")
+            first = _timed(lambda b=batch: model.generate(**b, max_new_tokens=1, **kwargs))
+            ttfts.append(clock + first)
+            clock += _timed(
+                lambda b=batch: model.generate(
+                    **b, max_new_tokens=max_tokens, min_new_tokens=max_tokens, **kwargs
+                )
+            )
+    return {
+        "tokens_per_second": clients * max_tokens / clock,
+        "ttft_seconds": statistics.median(ttfts),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="best of this many per level")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lmforge-serve-bench-"))
+    model_dir, weight_bytes = build(work, args.preset)
+    bandwidth = read_bandwidth()
+    ceiling = bandwidth / weight_bytes
+
+    port = 8765
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmforge.operator.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--name",
+            "bench",
+            "--port",
+            str(port),
+            "--slots",
+            "16",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.2)
+        lmforge_round(base, 4, 8)  # warm-up
+        ours = {
+            c: max(
+                (lmforge_round(base, c, args.max_tokens) for _ in range(args.rounds)),
+                key=lambda r: r["tokens_per_second"],
+            )
+            for c in LEVELS
+        }
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token, tokenizer.padding_side = "<|pad|>", "left"
+    reference = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    hf_round(reference, tokenizer, 4, 8)  # warm-up
+    theirs = {
+        c: max(
+            (hf_round(reference, tokenizer, c, args.max_tokens) for _ in range(args.rounds)),
+            key=lambda r: r["tokens_per_second"],
+        )
+        for c in LEVELS
+    }
+
+    print(
+        f"preset {args.preset}: {weight_bytes / 2**20:.0f} MiB of fp32 weights; read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s -> batch-1 ceiling {ceiling:.1f} tokens/s; "
+        f"{args.max_tokens} greedy tokens per request; threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'concurrent':>10} {'lmforge tok/s':>14} {'hf tok/s':>10} {'speedup':>8} "
+        f"{'lmforge ttft':>13} {'hf ttft':>9}"
+    )
+    for c in LEVELS:
+        a, b = ours[c], theirs[c]
+        print(
+            f"{c:>10} {a['tokens_per_second']:>14.1f} {b['tokens_per_second']:>10.1f} "
+            f"{a['tokens_per_second'] / b['tokens_per_second']:>7.2f}x "
+            f"{a['ttft_seconds']:>12.3f}s {b['ttft_seconds']:>8.3f}s"
+        )
+    at_one = ours[1]["tokens_per_second"] / ceiling
+    speedup = ours[16]["tokens_per_second"] / theirs[16]["tokens_per_second"]
+    print(
+        f"batch 1: {at_one:.0%} of the bandwidth ceiling (target >= 60%); "
+        f"16 concurrent: {speedup:.2f}x transformers (target >= 3x)"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve",
+                "preset": args.preset,
+                "weight_bytes": weight_bytes,
+                "read_bandwidth": bandwidth,
+                "ceiling_tokens_per_second": ceiling,
+                "lmforge": ours,
+                "transformers": theirs,
+                "batch1_fraction": at_one,
+                "speedup_16": speedup,
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The model server: an OpenAI-compatible HTTP API over continuous batching."""

@@ -1,0 +1,77 @@
+"""`python -m lmforge.jobs.serve --config serve.json`: load the model, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import uvicorn
+from tokenizers import Tokenizer
+
+from .. import hf
+from ..model import Transformer
+from ..storage import filesystem, join
+from .app import create_app
+from .config import ServeConfig
+from .engine import Engine
+
+
+def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
+    """The model and its tokenizer from a Hugging Face Llama directory."""
+    arch, tensors = hf.load(config.model_uri, config.endpoint_url)
+    model = Transformer(arch)
+    model.load_state_dict(tensors)
+    if config.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    fs, root = filesystem(config.model_uri, config.endpoint_url)
+    path = join(root, "tokenizer.json")
+    if not fs.exists(path):
+        raise SystemExit(
+            f"{config.model_uri}/tokenizer.json: not found; the server needs the "
+            "tokenizer next to the weights (training exports it there)"
+        )
+    return model.eval(), Tokenizer.from_str(fs.cat_file(path).decode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lmforge serve", description="Serve a model over an OpenAI-compatible HTTP API."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="a ServeConfig JSON (what the operator mounts)")
+    source.add_argument("--model", help="a Hugging Face Llama directory, local or s3://")
+    parser.add_argument("--name", help="the model name clients ask for (default: the folder's)")
+    parser.add_argument("--slots", type=int, default=16, help="sequences decoded together")
+    parser.add_argument("--api-keys", help="a folder of API key files (default: open)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    if args.config:
+        config = ServeConfig.model_validate(json.loads(args.config.read_text()))
+    else:
+        name = args.name or args.model.rstrip("/").rsplit("/", 1)[-1]
+        config = ServeConfig(
+            model_uri=args.model,
+            served_model_name=name,
+            slots=args.slots,
+            api_keys_dir=args.api_keys,
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if config.audit_log:
+        handler = logging.FileHandler(config.audit_log)
+        logging.getLogger("lmforge.audit").addHandler(handler)
+    model, tokenizer = load(config)
+    engine = Engine(model, tokenizer, config.slots)
+    app = create_app(config, engine)
+    print(f"serving {config.served_model_name} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

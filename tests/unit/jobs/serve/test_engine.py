@@ -1,0 +1,70 @@
+"""The engine on its own: a request joins a running batch between decode steps, and a cancelled
+one gives its slot back."""
+
+import threading
+
+from lmforge.jobs.generate import Sampling
+from lmforge.jobs.serve.engine import Engine, Output
+
+
+class Collect:
+    def __init__(self):
+        self.outputs: list[Output] = []
+        self.done = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, output: Output) -> None:
+        self.outputs.append(output)
+        self.first.set()
+        if output.finish_reason:
+            self.done.set()
+
+
+def test_a_new_request_joins_the_running_batch(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, slots=2)
+    try:
+        prompt = tokenizer.encode("def ", add_special_tokens=False).ids
+        order: list[str] = []
+        long, short = Collect(), Collect()
+        engine.submit(
+            prompt,
+            Sampling(80, temperature=0),
+            lambda o: (long(o), o.finish_reason and order.append("long")),
+        )
+        assert long.first.wait(10)
+        engine.submit(
+            prompt,
+            Sampling(3, temperature=0),
+            lambda o: (short(o), o.finish_reason and order.append("short")),
+        )
+        assert long.done.wait(30) and short.done.wait(30)
+        assert order == ["short", "long"]  # it did not wait for the long one to finish
+        assert short.outputs[-1].completion_tokens == 3
+        assert long.outputs[-1].finish_reason == "length"
+    finally:
+        engine.close()
+
+
+def test_cancelled_request_frees_its_slot(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, slots=1)
+    try:
+        prompt = tokenizer.encode("import ", add_special_tokens=False).ids
+        gate, first = threading.Event(), Collect()
+
+        def held(output: Output) -> None:  # the engine waits here until the test has cancelled
+            first(output)
+            gate.wait(10)
+
+        handle = engine.submit(prompt, Sampling(10_000, temperature=0), held)
+        assert first.first.wait(10)
+        second = Collect()
+        engine.submit(prompt, Sampling(2, temperature=0), second)
+        engine.cancel(handle)
+        gate.set()
+        assert second.done.wait(10)  # only one slot: it ran because the first let go
+        assert len(first.outputs) == 1 and not first.done.is_set()  # nothing more for it
+        assert engine.free == [0]
+    finally:
+        engine.close()
