@@ -59,12 +59,14 @@ def generate(
 ) -> list[int]:
     """The prompt's continuation as token ids, without the prompt; stops at eos, at max_tokens
     or at the end of the context (stop strings are the caller's: they need the text)."""
+    if not prompt:
+        raise ValueError("the prompt has no tokens: generation needs at least one")
     model.eval()
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.arch, slots=1, dtype=dtype)
     generator = sampling.generator()
     room = model.arch.context_length - len(prompt)
-    tokens, position, out = torch.tensor([prompt]), 0, []
+    tokens, position, out = torch.tensor([prompt], dtype=torch.long), 0, []
     for _ in range(min(sampling.max_tokens, room)):
         logits = model(tokens, step=Step(cache, torch.tensor([0]), torch.tensor([position])))
         position += tokens.shape[1]
@@ -86,7 +88,9 @@ def sample(
     seed: int = 0,
 ) -> str:
     """The prompt's continuation as text, for reports: temperature and top-k, seeded."""
+    context = model.arch.context_length
+    # Keep the prompt's end, leaving room for at least half the context of new tokens.
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    ids = ids[-(model.arch.context_length - max_new_tokens) :] if max_new_tokens else ids
+    ids = ids[-max(1, context - min(max_new_tokens, context // 2)) :]
     settings = Sampling(max_new_tokens, temperature, top_k=top_k, seed=seed)
     return tokenizer.decode(generate(model, ids, settings, tokenizer.token_to_id(EOS)))

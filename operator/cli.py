@@ -97,13 +97,26 @@ def run_command(args: argparse.Namespace) -> int:
         print("nothing was run", file=sys.stderr)
         return 1
     console, state = Console(), State(args.state)
+    runner = Runner(state, console)
     try:
-        code = Runner(state, console).run(ordered)
-    except KeyboardInterrupt:
-        console.print("stopped; `lmforge run` again continues where this run stopped")
-        return 130
-    finally:
+        try:
+            code = runner.run(ordered)
+        except KeyboardInterrupt:
+            console.print("stopped; `lmforge run` again continues where this run stopped")
+            code = 130
         console.print(f"report: {report.write(state)}")
+        if code == 0 and runner.servers and not args.no_serve:
+            for name, _, endpoint in runner.servers:
+                console.print(
+                    f"Deployment/{name}: serving at {endpoint} (OpenAI API); Ctrl-C stops"
+                )
+            runner.servers[0][1].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for _, process, _ in runner.servers:
+            process.terminate()
+            process.wait(30)
     return code
 
 
@@ -222,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("run", help="run resources here, in reference order (the quickstart)")
     sub.add_argument("-f", "--file", type=Path, required=True, help="a YAML file or a folder")
+    sub.add_argument(
+        "--no-serve", action="store_true", help="stop Deployments' servers once all stages ran"
+    )
     sub.add_argument(
         "--state", type=Path, default=Path(".lmforge"), help="state and storage folder"
     )

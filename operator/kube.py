@@ -9,6 +9,7 @@ create) which are answers here, not errors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -21,8 +22,17 @@ from .api.base import GROUP, VERSION
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
-_CORE_KINDS = {"Pod": "pod", "Service": "service", "ConfigMap": "config_map"}
-CHILD_KINDS = tuple(_CORE_KINDS)
+_KINDS = {
+    "Pod": ("core", "pod"),
+    "Service": ("core", "service"),
+    "ConfigMap": ("core", "config_map"),
+    "Deployment": ("apps", "deployment"),
+    "HorizontalPodAutoscaler": ("autoscaling", "horizontal_pod_autoscaler"),
+}
+CHILD_KINDS = ("Pod", "Service", "ConfigMap")
+"""What jobs own (and a finished job's TTL deletes)."""
+APPLIED = "lmforge.dev/applied"
+"""On objects kept in step with their rendering (apply): the digest of the last one applied."""
 
 
 class OwnershipError(RuntimeError):
@@ -52,6 +62,8 @@ class Kube:
         api_client = api_client or load_api_client()
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
 
     # ----- lmforge resources -----
 
@@ -82,7 +94,41 @@ class Kube:
     # ----- children -----
 
     def _core(self, verb: str, kind: str) -> Any:
-        return getattr(self.core, f"{verb}_namespaced_{_CORE_KINDS[kind]}")
+        api, suffix = _KINDS[kind]
+        return getattr(getattr(self, api), f"{verb}_namespaced_{suffix}")
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self._core("read", kind)(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: dict[str, Any]) -> str:
+        """Create `obj`, or bring the existing one to it when its rendering changed since the
+        last apply (a merge patch of its labels, annotations, spec and data): "created",
+        "exists", "adopted" or "updated"."""
+        obj = json.loads(json.dumps(obj))
+        meta = obj["metadata"]
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+        meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED: digest}
+        outcome = self.ensure(obj)
+        if outcome != "exists":
+            return outcome
+        existing = self.read(obj["kind"], meta["namespace"], meta["name"]) or {}
+        if (existing.get("metadata", {}).get("annotations") or {}).get(APPLIED) == digest:
+            return "exists"
+        patch = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}}
+        patch |= {k: obj[k] for k in ("spec", "data") if k in obj}
+        self._core("patch", obj["kind"])(
+            meta["name"],
+            meta["namespace"],
+            patch,
+            _content_type=MERGE_PATCH,
+            _preload_content=False,
+        )
+        return "updated"
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         response = self._core("list", kind)(

@@ -15,7 +15,14 @@ from typing import Any
 
 import kopf
 
-from .handlers import dataset, evaluation, pretrainjob, telemetry, unsupported  # noqa: F401
+from .handlers import (  # noqa: F401
+    dataset,
+    deployment,
+    evaluation,
+    pretrainjob,
+    telemetry,
+    unsupported,
+)
 from .handlers.settings import SETTINGS
 
 PREFIX = "lmforge.dev"

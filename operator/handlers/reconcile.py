@@ -68,7 +68,9 @@ Build = Callable[[Resource, Owner, Dependencies, StorageSettings, Settings, str 
 @dataclass(frozen=True)
 class Kind:
     kind: str
-    build: Build
+    build: Build | None = None
+    reconcile: Callable[[Kube, Kind, dict[str, Any], str | None], None] | None = None
+    """A pass of its own, for a kind that owns no job pods (Deployment); else the job pass."""
 
     @property
     def plural(self) -> str:
@@ -109,7 +111,8 @@ def run(kind: Kind, namespace: str, name: str) -> None:
                 return  # gone or going: the garbage collector deletes the children
             parent = (obj["metadata"].get("annotations") or {}).get(TRACEPARENT_ANNOTATION)
             with telemetry.reconcile_span(kind.kind, namespace, name, parent):
-                _pass(api, kind, obj, telemetry.current_traceparent(parent))
+                one_pass = kind.reconcile or _pass
+                one_pass(api, kind, obj, telemetry.current_traceparent(parent))
         except ApiException as error:
             message = f"Kubernetes API: {error.status} {error.reason}"
             raise kopf.TemporaryError(message, delay=SETTINGS.retry_seconds) from error
@@ -141,15 +144,15 @@ def _pass(api: Kube, kind: Kind, obj: dict[str, Any], traceparent: str | None) -
         resource = parse(obj)
         store = storage(resource.spec.storage, SETTINGS.defaults)
     except RenderError as error:
-        _record_invalid(api, kind, obj, error)
+        record_invalid(api, kind, obj, error)
         return
     previous = _forget_invalid(obj.get("status") or {})
     owner = Owner.of(obj)
-    deps = _dependencies(api, resource, owner.namespace, store, previous)
+    deps = dependencies(api, resource, owner.namespace, store, previous)
     try:
         work = kind.build(resource, owner, deps, store, SETTINGS, traceparent)
     except RenderError as error:
-        _record_invalid(api, kind, obj, error)
+        record_invalid(api, kind, obj, error)
         return
     pods = tuple(observe(p) for p in api.list("Pod", owner.namespace, selector(owner)))
     observed = Observed(
@@ -175,7 +178,7 @@ def _forget_invalid(status: dict[str, Any]) -> dict[str, Any]:
     return {**cleared, "conditions": kept}
 
 
-def _record_invalid(api: Kube, kind: Kind, obj: dict[str, Any], error: RenderError) -> None:
+def record_invalid(api: Kube, kind: Kind, obj: dict[str, Any], error: RenderError) -> None:
     """A Failed condition naming the field, recorded once; then kopf stops retrying."""
     previous = obj.get("status") or {}
     failed = condition(previous, c.FAILED) or {}
@@ -190,7 +193,7 @@ def _record_invalid(api: Kube, kind: Kind, obj: dict[str, Any], error: RenderErr
     raise kopf.PermanentError(str(error)) from error
 
 
-def _dependencies(
+def dependencies(
     api: Kube, resource: Resource, namespace: str, store: StorageSettings, previous: dict
 ) -> Dependencies:
     if previous.get("phase") in TERMINAL:

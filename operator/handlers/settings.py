@@ -38,6 +38,7 @@ class Settings:
         env = os.environ.get
         defaults = Defaults(
             image=env("LMFORGE_JOB_IMAGE") or Defaults.image,
+            serve_image=env("LMFORGE_SERVE_IMAGE") or Defaults.serve_image,
             storage_uri=env("LMFORGE_STORAGE_URI") or None,
             storage_secret=env("LMFORGE_STORAGE_SECRET") or None,
             endpoint_url=env("LMFORGE_STORAGE_ENDPOINT_URL") or None,

@@ -1,4 +1,4 @@
-"""FineTune, RewardModel and Deployment: their jobs are not built yet. Such a resource stays
+"""FineTune and RewardModel: their jobs are not built yet. Such a resource stays
 Pending with a condition that says so (never silently), so that an operator version that can run
 it picks it up where it is, rather than finding it Failed."""
 
@@ -48,9 +48,3 @@ def hold_finetune(namespace: str, name: str, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, "rewardmodels")
 def hold_rewardmodel(namespace: str, name: str, **_: Any) -> None:
     hold("RewardModel", namespace, name)
-
-
-@kopf.on.create(GROUP, VERSION, "deployments")
-@kopf.on.resume(GROUP, VERSION, "deployments")
-def hold_deployment(namespace: str, name: str, **_: Any) -> None:
-    hold("Deployment", namespace, name)

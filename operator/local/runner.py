@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..api import conditions as c
 from ..api.references import references
 from ..api.resource import Resource
+from ..render.inputs import READY_PHASES
 from .state import DIGEST, State, now, set_condition
 
 
@@ -37,6 +38,8 @@ class Runner:
     def __init__(self, state: State, console: Console):
         self.state, self.console = state, console
         self.progress: Progress | None = None
+        self.servers: list[tuple[str, subprocess.Popen, str]] = []
+        """(Deployment name, server process, endpoint) of the servers started."""
 
     def run(self, ordered: list[Resource]) -> int:
         """Run every stage that needs it; 0 when all succeeded, 1 otherwise."""
@@ -54,18 +57,20 @@ class Runner:
                 digest = _digest(resource, inputs)
                 digests[(resource.kind, resource.metadata.name)] = digest
                 self.execute(resource, digest)
-        phases = [self.state.get(r.kind, r.metadata.name)["status"]["phase"] for r in ordered]
-        return 0 if all(p == "Succeeded" for p in phases) else 1
+        ready = [self._phase(r.kind, r.metadata.name) == READY_PHASES[r.kind] for r in ordered]
+        return 0 if all(ready) else 1
 
     def execute(self, resource: Resource, digest: str) -> None:
         kind, name = resource.kind, resource.metadata.name
         record = self.state.get(kind, name)
         same = record and record["metadata"]["annotations"].get(DIGEST) == digest
-        if same and record["status"].get("phase") == "Succeeded":
+        if same and record["status"].get("phase") == "Succeeded":  # a server always starts anew
             self.console.print(f"{kind}/{name}: unchanged, skipped")
             return
         status: dict[str, Any] = {"phase": "Pending", "startTime": now()}
-        blocked = [r for r in references(resource) if self._phase(r.kind, r.name) != "Succeeded"]
+        blocked = [
+            r for r in references(resource) if self._phase(r.kind, r.name) != READY_PHASES[r.kind]
+        ]
         if blocked:
             ref = blocked[0]
             message = f"{ref.field}: {ref.kind}/{ref.name} did not succeed"
@@ -100,9 +105,13 @@ class Runner:
             self.state.put(resource, digest, status)
             raise
         else:
-            status |= {"phase": "Succeeded", "completionTime": now()}
-            set_condition(status, c.RUNNING, False, c.COMPLETED)
-            set_condition(status, c.SUCCEEDED, True, c.COMPLETED)
+            if kind == "Deployment":  # serving, not finished
+                status["phase"] = "Available"
+                set_condition(status, c.RUNNING, True, c.STARTED, status["endpoint"])
+            else:
+                status |= {"phase": "Succeeded", "completionTime": now()}
+                set_condition(status, c.RUNNING, False, c.COMPLETED)
+                set_condition(status, c.SUCCEEDED, True, c.COMPLETED)
         self.state.put(resource, digest, status)
 
     def _phase(self, kind: str, name: str) -> str | None:
@@ -317,6 +326,102 @@ def evaluation_stage(runner: Runner, resource: Resource, status: dict, save: Sav
         raise StageError("thresholds not met: " + "; ".join(report["missed"]))
 
 
+def deployment_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
+    """`lmforge serve` in the background on a free port from 8000, up once it has answered a
+    chat request; `lmforge run` keeps it serving after the last stage (see cli.run_command)."""
+    from ..render.deployment import model_digest, serve_config
+    from ..render.pods import StorageSettings
+
+    spec, name, run_dir = resource.spec, resource.metadata.name, runner.run_dir(resource)
+    model = runner.output_of(spec.model_ref.kind, spec.model_ref.name)
+    store = StorageSettings(
+        spec.storage.uri or runner.state.storage, None, spec.storage.endpoint_url
+    )
+    config = serve_config(resource, model, store) | {
+        "apiKeysDir": None,
+        "auditLog": str(run_dir / "audit.jsonl"),
+    }
+    if spec.auth:
+        runner.console.print(
+            f"Deployment/{name}: spec.auth is not used here (no Secrets): the "
+            "local server is open to this machine only (127.0.0.1)"
+        )
+    (run_dir / "serve.json").write_text(json.dumps(config, indent=2))
+    port = _free_port(8000)
+    endpoint = f"http://127.0.0.1:{port}/v1"
+    bar = runner.progress.add_task(f"Deployment/{name}", total=None, info="starting")
+    log = open(run_dir / "server.log", "ab")  # noqa: SIM115 - the server outlives this function
+    command = [
+        sys.executable,
+        "-m",
+        "lmforge.jobs.serve",
+        "--config",
+        str(run_dir / "serve.json"),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    runner.servers.append((name, process, endpoint))
+    answer = _first_answer(process, endpoint, name, run_dir / "server.log")
+    status |= {
+        "endpoint": endpoint,
+        "modelDigest": model_digest({"uri": model}, config),
+        "replicas": 1,
+        "readyReplicas": 1,
+        "sample": answer,
+    }
+    status["lineage"] = {
+        "inputs": [{"uri": model, "kind": spec.model_ref.kind, "name": spec.model_ref.name}],
+        "outputs": [{"uri": endpoint}],
+    }
+    runner.progress.update(bar, completed=1, total=1, info=endpoint)
+
+
+def _free_port(first: int) -> int:
+    import socket
+
+    for port in range(first, first + 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise StageError(f"no free port from {first} to {first + 99}")
+
+
+def _first_answer(process: subprocess.Popen, endpoint: str, model: str, log: Path) -> str:
+    """Wait for the server to answer a chat request (as a client would); its reply."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "def "}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
+    ).encode()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise StageError(f"the server exited with {process.returncode}: {tail[0]} (log: {log})")
+        request = urllib.request.Request(
+            f"{endpoint}/chat/completions", body, {"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())["choices"][0]["message"]["content"]
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    process.terminate()
+    raise StageError(f"the server did not answer within 180 s (log: {log})")
+
+
 def not_yet(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
     raise StageError(f"this version of `lmforge run` cannot run a {resource.kind} yet")
 
@@ -327,5 +432,5 @@ STAGES = {
     "Evaluation": evaluation_stage,
     "FineTune": not_yet,
     "RewardModel": not_yet,
-    "Deployment": not_yet,
+    "Deployment": deployment_stage,
 }

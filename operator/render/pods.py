@@ -23,6 +23,8 @@ class Defaults:
 
     image: str = "ghcr.io/lmforge/lmforge-trainer:0.1.0"
     """The job image (data, training, evaluation) when spec.resources.image is unset."""
+    serve_image: str = "ghcr.io/lmforge/lmforge-serve:0.1.0"
+    """The server image of Deployments when spec.resources.image is unset."""
     storage_uri: str | None = None
     storage_secret: str | None = None
     endpoint_url: str | None = None

@@ -14,7 +14,12 @@ import s3fs
 from kubeapi import Api, ApiError
 
 GROUP = "/apis/lmforge.dev/v1alpha1"
-PLURALS = {"Dataset": "datasets", "PretrainJob": "pretrainjobs"}
+PLURALS = {
+    "Dataset": "datasets",
+    "PretrainJob": "pretrainjobs",
+    "Evaluation": "evaluations",
+    "Deployment": "deployments",
+}
 SEQUENCE = 33
 TRAIN_SECONDS = 300  # a gang's start, 12 tiny steps and the export, on a busy 2-core machine
 FINALIZER = "lmforge.dev/finalizer"

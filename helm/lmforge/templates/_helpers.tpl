@@ -71,6 +71,13 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  # Deployment: the server's pods.
+  resources: ["deployments"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: [""]
   # Only to check that a storage Secret exists before pods that need it are created.
   resources: ["secrets"]

@@ -9,7 +9,7 @@ import kopf
 
 from lmforge.operator import main
 
-KINDS = ("pretrainjobs", "datasets", "evaluations")
+KINDS = ("pretrainjobs", "datasets", "evaluations", "deployments")
 
 
 def test_kopf_keeps_its_state_in_annotations():
@@ -28,7 +28,7 @@ def test_every_kind_has_its_handlers():
     for plural in KINDS:
         assert {(plural, "create"), (plural, None), (plural, "update")} <= changing
     assert timers == set(KINDS)
-    for plural in ("finetunes", "rewardmodels", "deployments"):
+    for plural in ("finetunes", "rewardmodels"):
         assert (plural, "create") in changing
 
 
@@ -43,6 +43,6 @@ def test_the_operator_never_imports_torch():
 
 
 def test_renderers_do_not_talk_to_the_api():
-    modules = "dataset, evaluation, gang, job, training, status, progress, inputs"
+    modules = "dataset, deployment, evaluation, gang, job, training, status, progress, inputs"
     loaded = loaded_after(f"from lmforge.operator.render import {modules}")
     assert not loaded & {"kopf", "kubernetes", "urllib3", "aiohttp"}

@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,14 @@ spec:
   tasks: [{name: ppl, type: perplexity, datasetRef: {name: mini}, maxExamples: EXAMPLES}]
   thresholds: [{metric: ppl.perplexity, max: 100000}]
 """,
+    "04-deployment.yaml": """
+apiVersion: lmforge.dev/v1alpha1
+kind: Deployment
+metadata: {name: mini-chat}
+spec:
+  modelRef: {kind: PretrainJob, name: mini-model}
+  evaluationRef: {name: mini-eval}
+""",
 }
 
 
@@ -66,7 +75,7 @@ def status(state: Path, kind: str, name: str) -> dict:
 
 
 def run(files: Path, state: Path) -> int:
-    return cli.main(["run", "-f", str(files), "--state", str(state)])
+    return cli.main(["run", "-f", str(files), "--state", str(state), "--no-serve"])
 
 
 def test_runs_the_lifecycle_and_writes_the_report(tmp_path, capsys):
@@ -83,6 +92,13 @@ def test_runs_the_lifecycle_and_writes_the_report(tmp_path, capsys):
     assert trained["lineage"]["inputs"][0]["kind"] == "Dataset"
     evaluation = status(state, "Evaluation", "mini-eval")
     assert evaluation["passed"] is True and evaluation["results"]["ppl.perplexity"] > 1
+    # The Deployment's server answered a chat request, then stopped with the run (--no-serve).
+    served = status(state, "Deployment", "mini-chat")
+    assert served["phase"] == "Available" and isinstance(served["sample"], str)
+    assert served["lineage"]["inputs"][0]["uri"] == trained["lineage"]["outputs"][0]["uri"]
+    port = int(served["endpoint"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
     page = (state / "report" / "index.html").read_text()
     for text in (
         "Dataset/mini",
@@ -133,6 +149,7 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
         str(files),
         "--state",
         str(state),
+        "--no-serve",
     ]
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     progress = state / "runs" / "pretrainjob" / "mini-model" / "progress.jsonl"

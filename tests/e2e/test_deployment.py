@@ -1,0 +1,115 @@
+"""A Deployment on the operator: it waits while its Evaluation gate has failed (nothing rolls out,
+the reason in status), and with a passing gate becomes Available and answers a chat request from
+the official `openai` client.
+
+The test node has no kube-proxy (ClusterIPs do not route), so the client pod talks to the
+server pod's IP; the Service is checked as an object."""
+
+from __future__ import annotations
+
+import json
+
+from cluster import python_pod
+from e2e_support import (
+    TRAIN_SECONDS,
+    condition,
+    dataset,
+    events,
+    pretrainjob,
+    read,
+    storage,
+    wait_for,
+    wait_phase,
+)
+from kubeapi import Api
+
+SERVER_SECONDS = 180
+
+
+def evaluation(name: str, store: dict, max_perplexity: float) -> dict:
+    return {
+        "apiVersion": "lmforge.dev/v1alpha1",
+        "kind": "Evaluation",
+        "metadata": {"name": name},
+        "spec": {
+            "modelRef": {"kind": "PretrainJob", "name": "base"},
+            "tasks": [{"name": "ppl", "type": "perplexity", "datasetRef": {"name": "corpus"},
+                       "maxExamples": 8}],
+            "thresholds": [{"metric": "ppl.perplexity", "max": max_perplexity}],
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "storage": store,
+        },
+    }  # fmt: skip
+
+
+def deployment(name: str, gate: str, store: dict) -> dict:
+    return {
+        "apiVersion": "lmforge.dev/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "modelRef": {"kind": "PretrainJob", "name": "base"},
+            "evaluationRef": {"name": gate},
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "storage": store,
+        },
+    }
+
+
+def test_gate_blocks_rollout_and_a_passing_one_serves_chat(cluster, namespace, s3, operator):
+    api = Api(cluster.kubeconfig)
+    store = storage(s3.bucket, s3.endpoint, s3.secret)
+    cluster.apply(
+        dataset("corpus", store), pretrainjob("base", "corpus", store, steps=6),
+        evaluation("strict", store, 1.0), evaluation("lenient", store, 1e9),
+        deployment("blocked", "strict", store), deployment("chat", "lenient", store),
+        namespace=namespace,
+    )  # fmt: skip
+
+    # The strict gate fails: its Deployment waits with the reason and rolls nothing out.
+    wait_phase(api, "Evaluation", namespace, "strict", "Failed", TRAIN_SECONDS)
+
+    def blocked() -> dict | None:
+        obj = read(api, "Deployment", namespace, "blocked")
+        waiting = condition(obj, "Waiting") if obj and obj.get("status") else None
+        return obj if waiting and waiting["reason"] == "ThresholdsNotMet" else None
+
+    obj = wait_for("the blocked Deployment's gate condition", blocked, 60)
+    assert obj["status"]["phase"] == "Waiting"
+    assert "spec.evaluationRef: Evaluation/strict failed" in condition(obj, "Waiting")["message"]
+    assert cluster("get", "deployments.apps", "-n", namespace, "-o", "name").stdout.split() in (
+        [],
+        ["deployment.apps/chat-serve"],
+    )
+
+    # The lenient gate passes: the server rolls out and becomes Available.
+    ready = wait_phase(api, "Deployment", namespace, "chat", "Available", SERVER_SECONDS)
+    status = ready["status"]
+    assert status["readyReplicas"] == 1 and status["modelDigest"].startswith("sha256:")
+    assert status["endpoint"] == f"http://chat.{namespace}.svc:8000/v1"
+    assert status["lineage"]["inputs"][0]["kind"] == "PretrainJob"
+    service = cluster.get("service", "chat", "-n", namespace)
+    assert service["spec"]["ports"][0]["port"] == 8000
+    assert [e["reason"] for e in events(api, namespace, "Deployment", "chat")][-1] == "Available"
+    assert read(api, "Deployment", namespace, "blocked")["status"]["phase"] == "Waiting"
+
+    # The openai client, in a pod, asks the server for a chat completion.
+    (server,) = cluster.get("pods", "-n", namespace, "-l", "lmforge.dev/name=chat")["items"]
+    base = f"http://{server['status']['podIP']}:8000/v1"
+    code = f"""
+        import json, time, openai
+        client = openai.OpenAI(base_url={base!r}, api_key="-", max_retries=0)
+        for _ in range(120):
+            try:
+                answer = client.chat.completions.create(
+                    model="chat", messages=[{{"role": "user", "content": "def"}}], max_tokens=8)
+                break
+            except openai.APIConnectionError:
+                time.sleep(1)
+        print(json.dumps({{"role": answer.choices[0].message.role,
+                          "tokens": answer.usage.completion_tokens}}))
+    """
+    cluster.apply(python_pod("ask", code), namespace=namespace)
+    cluster.wait("pod/ask", "jsonpath={.status.phase}=Succeeded", namespace, SERVER_SECONDS)
+    said = json.loads(cluster.logs(namespace, "ask").strip().splitlines()[-1])
+    assert said["role"] == "assistant" and 1 <= said["tokens"] <= 8
