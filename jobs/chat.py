@@ -7,7 +7,10 @@ ROLES = ("system", "user", "assistant")
 
 
 def render(messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
-    """`<|role|>\\ncontent\\n` per message; then `<|assistant|>\\n` for the reply to come. The
-    assistant ends its turn with <|eos|>."""
-    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    """`<|role|>\\ncontent\\n` per message, an assistant's content closed by <|eos|> (where it
+    stops generating); then `<|assistant|>\\n` for the reply to come."""
+    text = "".join(
+        f"<|{m['role']}|>\n{m['content']}{'<|eos|>' if m['role'] == 'assistant' else ''}\n"
+        for m in messages
+    )
     return text + ("<|assistant|>\n" if generation_prompt else "")

@@ -19,6 +19,7 @@ from .handlers import (  # noqa: F401
     dataset,
     deployment,
     evaluation,
+    finetune,
     pretrainjob,
     telemetry,
     unsupported,
@@ -43,10 +44,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    # A create pass runs at once, not 0.1 s later (kopf's default window to squash bursts of
-    # events for one object); the first timer pass waits an interval (see handlers/): a
-    # resource's first pass is its create handler's, not both at once.
-    settings.batching.batch_window = 0.01
+    # The timers' first pass waits an interval (see handlers/): a new resource's first pass is
+    # its create handler's, not both at once (benchmarks/operator_scale.py).
     # Sync handlers run in this pool; each pass is a handful of API calls.
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 60

@@ -24,30 +24,13 @@ from lmforge.jobs.storage import filesystem, join
 from . import shards
 
 
-class ShardReader:
-    def __init__(
-        self,
-        uri: str,
-        split: str = "train",
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        endpoint_url: str | None = None,
-        cache_dir: str | None = None,
-    ):
+class Sequences:
+    """Rows by global index, shuffled per epoch and split by rank; subclasses say what row i is."""
+
+    def __init__(self, total: int, split: str, rank: int, world_size: int, seed: int):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        fs, root = filesystem(uri, endpoint_url)
-        self.manifest = shards.read_manifest(fs, root)
-        if self.manifest is None:
-            raise FileNotFoundError(f"{uri} has no {shards.MANIFEST}: the dataset is not complete")
-        entries = self.manifest["splits"][split]["shards"]
-        self.sequence_length = self.manifest["sequenceLength"]
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self._shards = [_open(fs, join(root, e["path"]), e, cache_dir) for e in entries]
-        self._ends = np.cumsum([len(s) for s in self._shards])
-        total = int(self._ends[-1]) if len(self._ends) else 0
+        self.total, self.rank, self.world_size, self.seed = total, rank, world_size, seed
         self.per_rank = total // world_size
         if self.per_rank == 0:
             raise ValueError(
@@ -55,24 +38,28 @@ class ShardReader:
             )
         self.epoch, self.position = 0, 0
 
+    def sequence(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
     def __len__(self) -> int:
         """Sequences this rank reads per epoch."""
         return self.per_rank
 
-    def sequence(self, index: int) -> np.ndarray:
-        """Sequence `index` of the whole split (0 <= index < total), unshuffled."""
-        shard = int(np.searchsorted(self._ends, index, side="right"))
-        start = int(self._ends[shard - 1]) if shard else 0
-        return self._shards[shard][index - start]
-
     def _order(self, epoch: int) -> np.ndarray:
         total = self.per_rank * self.world_size
-        permutation = np.random.default_rng([self.seed, epoch]).permutation(int(self._ends[-1]))
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.total)
         return permutation[:total][self.rank :: self.world_size]
 
     def batches(self, batch_size: int, prefetch: int = 4) -> Iterator[np.ndarray]:
         """Endless [batch_size, sequenceLength] batches from the saved position on, read ahead by
         a background thread. The position advances as batches are taken, not as they are read."""
+        if batch_size > self.per_rank:
+            raise ValueError(
+                f"{self.per_rank} sequences per rank, fewer than a batch of {batch_size}"
+            )
+        return self._batches(batch_size, prefetch)
+
+    def _batches(self, batch_size: int, prefetch: int) -> Iterator[np.ndarray]:
         ahead: queue.Queue = queue.Queue(prefetch)
         stop = threading.Event()
 
@@ -110,6 +97,49 @@ class ShardReader:
                 f" cannot resume with world size {self.world_size} and seed {self.seed}"
             )
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+class ShardReader(Sequences):
+    """A Dataset's packed sequences: memory-mapped shards (remote ones copied to a cache)."""
+
+    def __init__(
+        self,
+        uri: str,
+        split: str = "train",
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        endpoint_url: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        fs, root = filesystem(uri, endpoint_url)
+        self.manifest = shards.read_manifest(fs, root)
+        if self.manifest is None:
+            raise FileNotFoundError(f"{uri} has no {shards.MANIFEST}: the dataset is not complete")
+        entries = self.manifest["splits"][split]["shards"]
+        self.sequence_length = self.manifest["sequenceLength"]
+        self._shards = [_open(fs, join(root, e["path"]), e, cache_dir) for e in entries]
+        self._ends = np.cumsum([len(s) for s in self._shards])
+        total = int(self._ends[-1]) if len(self._ends) else 0
+        super().__init__(total, split, rank, world_size, seed)
+
+    def sequence(self, index: int) -> np.ndarray:
+        """Sequence `index` of the whole split (0 <= index < total), unshuffled."""
+        shard = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[shard - 1]) if shard else 0
+        return self._shards[shard][index - start]
+
+
+class ArrayReader(Sequences):
+    """Rows held in memory (fine-tuning examples: [n, 2, length] of inputs and targets)."""
+
+    def __init__(self, rows: np.ndarray, split: str = "train", *, rank=0, world_size=1, seed=0):
+        self.rows = rows
+        super().__init__(len(rows), split, rank, world_size, seed)
+
+    def sequence(self, index: int) -> np.ndarray:
+        return self.rows[index]
 
 
 class _Shard:

@@ -15,6 +15,7 @@ from lmforge.jobs.generate import sample
 from lmforge.jobs.model import Transformer
 from lmforge.jobs.storage import filesystem, join
 
+from . import tasks
 from .config import EvalConfig, passed
 from .perplexity import perplexity
 
@@ -23,10 +24,17 @@ def evaluate(config: EvalConfig) -> dict:
     arch, state = hf.load(config.model_uri, config.endpoint_url)
     model = Transformer(arch)
     model.load_state_dict(state)
+    fs, root = filesystem(config.model_uri, config.endpoint_url)
+    tokenizer = Tokenizer.from_str(fs.cat_file(join(root, hf.TOKENIZER)).decode())
     results, details = {}, {}
     for task in config.tasks:
         if task.type != "perplexity":
-            raise ValueError(f"tasks[{task.name}]: type {task.type} is not supported yet")
+            rows = tasks.read_rows(task.uri, task.type, task.max_examples, config.endpoint_url)
+            metrics, details[task.name] = tasks.run(
+                task.type, model, tokenizer, rows, task.max_new_tokens
+            )
+            results |= {f"{task.name}.{k}": round(v, 6) for k, v in metrics.items()}
+            continue
         reader = ShardReader(
             config.dataset_uris[task.name], task.split, endpoint_url=config.endpoint_url
         )
@@ -37,8 +45,6 @@ def evaluate(config: EvalConfig) -> dict:
             f"{task.name}.loss": figures["loss"],
         }
     ok, missed = passed(results, config.thresholds)
-    fs, root = filesystem(config.model_uri, config.endpoint_url)
-    tokenizer = Tokenizer.from_str(fs.cat_file(join(root, hf.TOKENIZER)).decode())
     samples = {p: sample(model, tokenizer, p, seed=i) for i, p in enumerate(config.samples)}
     return {
         "results": results,

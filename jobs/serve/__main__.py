@@ -27,6 +27,8 @@ def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
     model.load_state_dict(tensors)
     if config.dtype == "bf16":
         model = model.to(torch.bfloat16)
+    if config.quantization == "int8":
+        model = quantize_int8(model)
     fs, root = filesystem(config.model_uri, config.endpoint_url)
     path = join(root, "tokenizer.json")
     if not fs.exists(path):
@@ -35,6 +37,20 @@ def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
             "tokenizer next to the weights (training exports it there)"
         )
     return model.eval(), Tokenizer.from_str(fs.cat_file(path).decode())
+
+
+def quantize_int8(model: Transformer) -> Transformer:
+    """Every nn.Linear to int8 weights with dynamic activation quantization. torch marks its eager
+    quantization API deprecated in favour of torchao; it still ships and is the one that needs no
+    other package (docs/decisions.md)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(
+            model.eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the model name clients ask for (default: the folder's)")
     parser.add_argument("--slots", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--api-keys", help="a folder of API key files (default: open)")
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
@@ -59,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             served_model_name=name,
             slots=args.slots,
             api_keys_dir=args.api_keys,
+            quantization=args.quantization,
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if config.audit_log:

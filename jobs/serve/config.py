@@ -19,6 +19,9 @@ class ServeConfig(Model):
     slots: int = Field(default=16, ge=1, le=4096)
     """Sequences decoded together at most (the KV cache's rows); more requests wait in a queue."""
     dtype: Literal["fp32", "bf16"] = "fp32"
+    quantization: Literal["none", "int8"] = "none"
+    """int8: dynamic quantization of every linear layer (int8 weights, activations quantized per
+    batch at run time; fbgemm/onednn kernels on CPU)."""
     api_keys_dir: str | None = None
     """A folder with one file per API key (a mounted Secret): file name = key name, content =
     the key. `<name>.models` (comma-separated) restricts a key to those models. None: open."""

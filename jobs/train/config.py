@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import Model
+from lmforge.operator.api.finetune import Lora
 from lmforge.operator.api.training import Training
 
 
@@ -22,10 +23,19 @@ class ConfigError(ValueError):
 
 class TrainConfig(Model):
     name: str
-    architecture: Architecture
+    architecture: Architecture | None = None
+    """The model to build; unset when fine-tuning (the base model's is used)."""
     training: Training
-    dataset_uri: str
-    """The Dataset's output (manifest.json and shards)."""
+    dataset_uri: str | None = None
+    """Pretraining: the Dataset's output (manifest.json and shards)."""
+    base_model_uri: str | None = None
+    """Fine-tuning: the model to start from, a Hugging Face Llama directory with its tokenizer."""
+    examples_uri: str | None = None
+    """Fine-tuning (SFT): jsonl examples (jobs/finetune/data.py)."""
+    validation_fraction: float = 0.05
+    """Of the examples, held out for validation loss."""
+    lora: Lora | None = None
+    """Train LoRA adapters (merged into the exported model) instead of every weight."""
     checkpoint_uri: str
     output_uri: str
     """Where the trained model is exported (a Hugging Face Llama directory)."""
@@ -37,6 +47,15 @@ class TrainConfig(Model):
 
     def plan(self, world_size: int, sequence_length: int, vocab_size: int) -> Plan:
         t = self.training
+        if (self.dataset_uri is None) == (self.examples_uri is None):
+            raise ConfigError("set exactly one of datasetUri (pretraining) or examplesUri (SFT)")
+        if self.examples_uri and self.base_model_uri is None:
+            raise ConfigError("fine-tuning needs spec.baseModel")
+        if self.lora and t.parallelism.strategy == "fsdp":
+            raise ConfigError(
+                "lora: not supported with training.parallelism.strategy fsdp yet; "
+                "use ddp (the adapters are small)"
+            )
         if world_size != self.nodes * self.processes_per_node:
             raise ConfigError(
                 f"world size {world_size} does not match resources.nodes ({self.nodes}) x"
@@ -44,6 +63,8 @@ class TrainConfig(Model):
             )
         if t.precision == "fp16" and t.parallelism.strategy == "fsdp":
             raise ConfigError("training.precision: fp16 is not supported with fsdp; use bf16")
+        if self.architecture is None:
+            raise ConfigError("model: no architecture (and no base model to take it from)")
         try:
             arch = self.architecture.resolved(vocab_size=vocab_size)
         except (ValueError, ValidationError) as error:

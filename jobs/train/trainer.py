@@ -51,22 +51,35 @@ class Trainer:
         self.device = torch.device(
             f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
         )
-        self.data = ShardReader(
-            config.dataset_uri,
-            "train",
-            rank=self.rank,
-            world_size=self.world,
-            seed=t.seed,
-            endpoint_url=config.endpoint_url,
-        )
-        manifest = self.data.manifest
-        self.plan = config.plan(
-            self.world, manifest["sequenceLength"], manifest["tokenizer"]["vocabSize"]
-        )
+        self.base = None
+        if config.base_model_uri:  # fine-tuning: its shape, weights and tokenizer
+            arch, tensors = hf.load(config.base_model_uri, config.endpoint_url)
+            fs, root = filesystem(config.base_model_uri, config.endpoint_url)
+            self.tokenizer_json = fs.cat_file(join(root, hf.TOKENIZER))
+            self.base, config = tensors, config.model_copy(update={"architecture": arch})
+            self.config = config
+        if config.examples_uri:
+            if self.base is None:
+                raise ConfigError("fine-tuning needs spec.baseModel")
+            self.data, self.validation_rows = self._examples()
+            length = config.architecture.context_length
+            vocab = config.architecture.vocab_size
+        else:
+            self.data = self._reader("train")
+            manifest = self.data.manifest
+            length, vocab = manifest["sequenceLength"], manifest["tokenizer"]["vocabSize"]
+        self.plan = config.plan(self.world, length, vocab)
         self.arch = self.plan.architecture
         self.dtype = _autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)  # every rank builds the same initial weights
-        self.model = self._parallelize(Transformer(self.arch))
+        model = Transformer(self.arch)
+        if self.base is not None:
+            model.load_state_dict(self.base)
+        if config.lora:
+            from lmforge.jobs.finetune import lora
+
+            model = lora.add(model, config.lora)
+        self.model = self._parallelize(model)
         self.optimizer = _adamw(self.model, t.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, self.plan.steps, t.schedule)
@@ -77,14 +90,56 @@ class Trainer:
         )
         self.telemetry = Telemetry(self.rank, config.progress_path, config.name)
         self.step, self.stop_requested = 0, False
-        length = manifest["sequenceLength"]
         self.flops_per_token = sizing.training_flops_per_token(self.arch, length)
+
+    def _reader(self, split: str):
+        """The Dataset's split, or the examples held out for validation."""
+        if self.config.examples_uri:
+            from lmforge.jobs.data.reader import ArrayReader
+
+            rows = self.data.rows if split == "train" else self.validation_rows
+            return ArrayReader(
+                rows, split, rank=self.rank, world_size=self.world, seed=self.config.training.seed
+            )
+        return ShardReader(
+            self.config.dataset_uri,
+            split,
+            rank=self.rank,
+            world_size=self.world,
+            seed=self.config.training.seed,
+            endpoint_url=self.config.endpoint_url,
+        )
+
+    def _examples(self):
+        """SFT rows of the examples (tokenized with the base model's tokenizer), split in train
+        and validation by a shuffle of the seed; the train rows as a reader."""
+        from tokenizers import Tokenizer
+
+        from lmforge.jobs.data.reader import ArrayReader
+        from lmforge.jobs.finetune import data
+
+        c = self.config
+        tokenizer = Tokenizer.from_str(self.tokenizer_json.decode())
+        try:
+            conversations = data.read(c.examples_uri, c.endpoint_url)
+            rows = data.encode(conversations, tokenizer, c.architecture.context_length - 1)
+        except data.ExampleError as error:
+            raise ConfigError(f"spec.data: {error}") from error
+        order = np.random.default_rng(c.training.seed).permutation(len(rows))
+        held = int(len(rows) * c.validation_fraction)
+        train = ArrayReader(
+            rows[order[held:]], "train", rank=self.rank, world_size=self.world, seed=c.training.seed
+        )
+        return train, rows[order[:held]]
 
     def train(self) -> int:
         """Run to the last step (exit status 0), or checkpoint and stop on SIGTERM (143)."""
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
         self.resume()
-        batches = self.data.batches(self.config.training.micro_batch)
+        try:
+            batches = self.data.batches(self.config.training.micro_batch)
+        except ValueError as error:
+            raise ConfigError(f"training.microBatch: the training data has {error}") from error
         while self.step < self.plan.steps:
             started = time.perf_counter()
             loss, grad_norm = self.train_step(batches)
@@ -109,9 +164,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro in range(self.plan.accumulation):
-            tokens = torch.from_numpy(next(batches).astype(np.int64)).to(self.device)
+            inputs, targets = self._split(next(batches))
             with self._sync_gradients(micro == self.plan.accumulation - 1), self._autocast():
-                _, loss = self.model(tokens[:, :-1], tokens[:, 1:])
+                _, loss = self.model(inputs, targets)
             self.scaler.scale(loss / self.plan.accumulation).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -152,23 +207,16 @@ class Trainer:
         """Mean loss over the same first `batches` micro-batches of the validation split."""
         v = self.config.training.validation
         try:
-            reader = ShardReader(
-                self.config.dataset_uri,
-                "validation",
-                rank=self.rank,
-                world_size=self.world,
-                seed=self.config.training.seed,
-                endpoint_url=self.config.endpoint_url,
-            )
+            reader = self._reader("validation")
+            batches = reader.batches(self.config.training.micro_batch)
         except ValueError as error:  # e.g. fewer validation sequences than ranks
             self.telemetry.event("validation", step=self.step, skipped=str(error))
             return
         self.model.eval()
-        batches, total = reader.batches(self.config.training.micro_batch), torch.zeros(1)
+        total = torch.zeros(1)
         for _ in range(v.batches):
-            tokens = torch.from_numpy(next(batches).astype(np.int64)).to(self.device)
             with self._autocast():
-                total += self.model(tokens[:, :-1], tokens[:, 1:])[1].float().cpu()
+                total += self.model(*self._split(next(batches)))[1].float().cpu()
         batches.close()
         dist.all_reduce(total)
         loss = total.item() / (v.batches * self.world)
@@ -224,13 +272,21 @@ class Trainer:
         self.telemetry.event("resume", step=self.step, uri=self.checkpointer.step_uri(self.step))
 
     def export(self) -> None:
-        """The trained model as a Hugging Face Llama directory, with the dataset's tokenizer."""
+        """The trained model as a Hugging Face Llama directory, with its tokenizer (the dataset's,
+        or the base model's); LoRA adapters merged into the weights."""
         full = get_model_state_dict(
             self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
-        if self.rank == 0:
-            fs, root = filesystem(self.config.dataset_uri, self.config.endpoint_url)
-            tokenizer = fs.cat_file(join(root, self.data.manifest["tokenizer"]["path"]))
+        if self.rank == 0:  # the full state dict is gathered on rank 0 only
+            if self.config.lora:
+                from lmforge.jobs.finetune import lora
+
+                full = lora.merged(full, lora.layers(self.model))
+            if self.base is not None:
+                tokenizer = self.tokenizer_json
+            else:
+                fs, root = filesystem(self.config.dataset_uri, self.config.endpoint_url)
+                tokenizer = fs.cat_file(join(root, self.data.manifest["tokenizer"]["path"]))
             with tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "tokenizer.json")
                 with open(path, "wb") as out:
@@ -243,6 +299,12 @@ class Trainer:
                     endpoint_url=self.config.endpoint_url,
                 )
         dist.barrier()
+
+    def _split(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets): from packed rows of L + 1 tokens, or from SFT rows [2, L] that hold
+        both (targets -100 where not trained on)."""
+        rows = torch.from_numpy(batch.astype(np.int64)).to(self.device)
+        return (rows[:, :-1], rows[:, 1:]) if rows.dim() == 2 else (rows[:, 0], rows[:, 1])
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must match to resume: the shape, and the world it was sharded for."""
@@ -294,8 +356,9 @@ class Trainer:
 
 
 def _adamw(model: torch.nn.Module, o: Optimizer) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]  # norm gains: no weight decay
+    trained = [p for p in model.parameters() if p.requires_grad]  # LoRA freezes the base
+    decay = [p for p in trained if p.dim() >= 2]
+    rest = [p for p in trained if p.dim() < 2]  # norm gains: no weight decay
     groups = [
         {"params": decay, "weight_decay": o.weight_decay},
         {"params": rest, "weight_decay": 0},

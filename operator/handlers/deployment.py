@@ -32,7 +32,11 @@ def reconcile(api: Kube, kind: Kind, obj: dict[str, Any], traceparent: str | Non
     children, digest = [], None
     model = deps.outputs.get("spec.modelRef")
     if model is not None:
-        config = render.serve_config(deployment, model["uri"], store)
+        try:
+            config = render.serve_config(deployment, model["uri"], store)
+        except RenderError as error:
+            record_invalid(api, kind, obj, error)
+            return
         digest = render.model_digest(model, config)
         children = render.children(owner, deployment, config, digest, SETTINGS.defaults, store)
     now = datetime.datetime.now(datetime.UTC)

@@ -1,4 +1,4 @@
-"""FineTune and RewardModel: their jobs are not built yet. Such a resource stays
+"""RewardModel: its job is not built yet. Such a resource stays
 Pending with a condition that says so (never silently), so that an operator version that can run
 it picks it up where it is, rather than finding it Failed."""
 
@@ -36,12 +36,6 @@ def hold(kind: str, namespace: str, name: str) -> None:
         api.patch_status(PLURALS[kind], namespace, name, patch)
         message = (condition(status, c.RUNNING) or {}).get("message", "")
         kopf.event(obj, type="Warning", reason=r.NOT_SUPPORTED, message=message)
-
-
-@kopf.on.create(GROUP, VERSION, "finetunes")
-@kopf.on.resume(GROUP, VERSION, "finetunes")
-def hold_finetune(namespace: str, name: str, **_: Any) -> None:
-    hold("FineTune", namespace, name)
 
 
 @kopf.on.create(GROUP, VERSION, "rewardmodels")

@@ -178,28 +178,53 @@ def dataset_stage(runner: Runner, resource: Resource, status: dict, save: Save) 
 
 
 def pretrain_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
-    spec, name = resource.spec, resource.metadata.name
-    artifact, run_dir = runner.artifact(resource), runner.run_dir(resource)
+    from ..render.training import pretrain_config
+
+    spec, run_dir = resource.spec, runner.run_dir(resource)
     dataset = runner.output_of("Dataset", spec.dataset_ref.name)
-    config = {
-        "name": name,
-        "architecture": spec.model.wire(),
-        "training": spec.training.wire(),
-        "datasetUri": dataset,
-        "outputUri": f"{artifact}/model",
-        "checkpointUri": spec.training.checkpoint.uri or f"{artifact}/checkpoints",
-        "nodes": spec.resources.nodes,
-        "processesPerNode": spec.resources.processes_per_node,
-        "endpointUrl": spec.storage.endpoint_url,
-        "progressPath": str(run_dir / "progress.jsonl"),
-    }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    config = pretrain_config(resource, dataset, _store(runner, resource))
     status["lineage"] = {
         "inputs": [{"uri": dataset, "kind": "Dataset", "name": spec.dataset_ref.name}],
         "outputs": [{"uri": config["outputUri"], "kind": "Model"}],
     }
-    ranks = spec.resources.nodes * spec.resources.processes_per_node
-    command = [
+    _train(runner, resource, _torchrun(resource, run_dir, config), run_dir, status, save)
+
+
+def finetune_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
+    from ..render.names import RenderError
+    from ..render.training import finetune_config
+
+    spec, run_dir = resource.spec, runner.run_dir(resource)
+    source, base = spec.base_model, {}
+    for kind, ref in (("PretrainJob", source.pretrain_job_ref), ("FineTune", source.fine_tune_ref)):
+        if ref is not None:
+            base = {"uri": runner.output_of(kind, ref.name), "kind": kind, "name": ref.name}
+    base = base or {"uri": source.uri}
+    try:
+        config = finetune_config(resource, base["uri"], _store(runner, resource))
+    except RenderError as error:
+        raise StageError(str(error)) from error
+    status["lineage"] = {
+        "inputs": [base, {"uri": spec.data.uri}],
+        "outputs": [{"uri": config["outputUri"], "kind": "Model"}],
+    }
+    _train(runner, resource, _torchrun(resource, run_dir, config), run_dir, status, save)
+
+
+def _store(runner: Runner, resource: Resource):
+    from ..render.pods import StorageSettings
+
+    storage = resource.spec.storage
+    return StorageSettings(storage.uri or runner.state.storage, None, storage.endpoint_url)
+
+
+def _torchrun(resource: Resource, run_dir: Path, config: dict) -> list[str]:
+    """The trainer's config written for this run (progress to the run folder), and the torchrun
+    command for it: every rank on this machine."""
+    config = config | {"progressPath": str(run_dir / "progress.jsonl")}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    ranks = resource.spec.resources.nodes * resource.spec.resources.processes_per_node
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -210,7 +235,6 @@ def pretrain_stage(runner: Runner, resource: Resource, status: dict, save: Save)
         "--config",
         str(run_dir / "config.json"),
     ]
-    _train(runner, resource, command, run_dir, status, save)
 
 
 def _train(
@@ -280,19 +304,14 @@ def _follow(runner: Runner, bar, path: Path, offset: int, status: dict, save: Sa
 
 
 def evaluation_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
+    from ..render.evaluation import evaluation_config
+
     spec, run_dir = resource.spec, runner.run_dir(resource)
     model = runner.output_of(spec.model_ref.kind, spec.model_ref.name)
     datasets = {
         t.name: runner.output_of("Dataset", t.dataset_ref.name) for t in spec.tasks if t.dataset_ref
     }
-    config = {
-        "name": resource.metadata.name,
-        "modelUri": model,
-        "datasetUris": datasets,
-        "tasks": [t.wire() for t in spec.tasks],
-        "thresholds": [t.wire() for t in spec.thresholds],
-        "endpointUrl": spec.storage.endpoint_url,
-    }
+    config = evaluation_config(resource, model, datasets, _store(runner, resource))
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     bar = runner.progress.add_task(f"Evaluation/{resource.metadata.name}", total=None, info="")
     command = [
@@ -330,14 +349,16 @@ def deployment_stage(runner: Runner, resource: Resource, status: dict, save: Sav
     """`lmforge serve` in the background on a free port from 8000, up once it has answered a
     chat request; `lmforge run` keeps it serving after the last stage (see cli.run_command)."""
     from ..render.deployment import model_digest, serve_config
-    from ..render.pods import StorageSettings
+    from ..render.names import RenderError
 
     spec, name, run_dir = resource.spec, resource.metadata.name, runner.run_dir(resource)
     model = runner.output_of(spec.model_ref.kind, spec.model_ref.name)
-    store = StorageSettings(
-        spec.storage.uri or runner.state.storage, None, spec.storage.endpoint_url
-    )
-    config = serve_config(resource, model, store) | {
+    store = _store(runner, resource)
+    try:
+        config = serve_config(resource, model, store)
+    except RenderError as error:
+        raise StageError(str(error)) from error
+    config |= {
         "apiKeysDir": None,
         "auditLog": str(run_dir / "audit.jsonl"),
     }
@@ -430,7 +451,7 @@ STAGES = {
     "Dataset": dataset_stage,
     "PretrainJob": pretrain_stage,
     "Evaluation": evaluation_stage,
-    "FineTune": not_yet,
+    "FineTune": finetune_stage,
     "RewardModel": not_yet,
     "Deployment": deployment_stage,
 }

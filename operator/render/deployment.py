@@ -17,7 +17,7 @@ from typing import Any
 from ..api import conditions as c
 from ..api.deployment import Deployment
 from .inputs import Dependencies
-from .names import Owner, labels, metadata
+from .names import Owner, RenderError, labels, metadata
 from .pods import CONFIG_FILE, Defaults, StorageSettings, config_map, container, environment, pod
 from .status import set_condition, timestamp
 
@@ -39,6 +39,8 @@ def config_name(name: str) -> str:
 def serve_config(deployment: Deployment, model_uri: str, store: StorageSettings) -> dict:
     """The server's ServeConfig, with the same fields `lmforge run` writes."""
     spec = deployment.spec
+    if spec.runtime == "onnx":
+        raise RenderError("spec.runtime", "onnx is not available in this version yet: use native")
     feedback = spec.feedback.uri or f"{deployment.artifact_uri(store.uri)}/feedback"
     return {
         "modelUri": model_uri,
@@ -50,6 +52,7 @@ def serve_config(deployment: Deployment, model_uri: str, store: StorageSettings)
         "safety": spec.safety.wire(),
         "feedbackUri": feedback if spec.feedback.enabled else None,
         "logPrompts": spec.log_prompts,
+        "quantization": spec.quantization,
     }
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..api.finetune import FineTune
 from ..api.pretrainjob import PretrainJob
 from ..api.training import TrainingWorkload
-from .names import Owner, check_child_name, metadata
+from .names import Owner, RenderError, check_child_name, metadata
 from .pods import (
     CONFIG_FILE,
     SCRATCH_DIR,
@@ -65,6 +66,30 @@ def pretrain_config(job: PretrainJob, dataset_uri: str, store: StorageSettings) 
         "processesPerNode": spec.resources.processes_per_node,
         "endpointUrl": store.endpoint_url,
         # Rank 0 also prints every event to stdout, which is what the operator reads.
+        "progressPath": f"{SCRATCH_DIR}/progress.jsonl",
+    }
+
+
+def finetune_config(job: FineTune, base_uri: str, store: StorageSettings) -> dict[str, Any]:
+    """The trainer's TrainConfig for supervised fine-tuning (method sft), as the local runner
+    writes it too; the base model gives the architecture and the tokenizer."""
+    spec, artifact = job.spec, job.artifact_uri(store.uri)
+    if spec.method != "sft":
+        raise RenderError(
+            "spec.method", f"{spec.method} is not available in this version yet: use sft"
+        )
+    return {
+        "name": job.metadata.name,
+        "training": spec.training.wire(),
+        "baseModelUri": base_uri,
+        "examplesUri": spec.data.uri,
+        "validationFraction": spec.data.validation_fraction,
+        **({"lora": spec.lora.wire()} if spec.lora else {}),
+        "outputUri": f"{artifact}/model",
+        "checkpointUri": spec.training.checkpoint.uri or f"{artifact}/checkpoints",
+        "nodes": spec.resources.nodes,
+        "processesPerNode": spec.resources.processes_per_node,
+        "endpointUrl": store.endpoint_url,
         "progressPath": f"{SCRATCH_DIR}/progress.jsonl",
     }
 

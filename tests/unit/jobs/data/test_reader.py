@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmforge.jobs.data import shards
-from lmforge.jobs.data.reader import ShardReader
+from lmforge.jobs.data.reader import ArrayReader, ShardReader
 
 
 @pytest.fixture
@@ -75,3 +75,13 @@ def test_an_incomplete_dataset_is_refused(tmp_path):
         FileNotFoundError, match=r"has no manifest\.json: the dataset is not complete"
     ):
         ShardReader(tmp_path.as_uri())
+
+
+def test_rows_in_memory_and_a_batch_larger_than_a_rank_gets_refused():
+    rows = np.arange(5 * 2 * 3).reshape(5, 2, 3)  # fine-tuning rows: inputs and targets
+    reader = ArrayReader(rows, "validation", rank=1, world_size=2, seed=3)
+    assert len(reader) == 2
+    first = next(reader.batches(2))
+    assert first.shape == (2, 2, 3) and all(any((r == x).all() for x in rows) for r in first)
+    with pytest.raises(ValueError, match="2 sequences per rank, fewer than a batch of 3"):
+        reader.batches(3)

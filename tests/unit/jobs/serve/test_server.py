@@ -266,10 +266,11 @@ def test_lmforge_serve_command_answers_the_openai_client(model_dir):
 
     port = free_port()
     command = [sys.executable, "-m", "lmforge.operator.cli", "serve", "--model", str(model_dir),
-               "--name", NAME, "--port", str(port)]  # fmt: skip
+               "--name", NAME, "--port", str(port), "--quantization", "int8"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert f"serving {NAME} on http://127.0.0.1:{port}/v1" in process.stdout.readline()
+        banner = f"serving {NAME} on http://127.0.0.1:{port}/v1"
+        assert any(banner in line for line in iter(process.stdout.readline, "")), "no banner"
         deadline = time.monotonic() + 30
         while True:
             try:

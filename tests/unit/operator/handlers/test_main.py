@@ -9,7 +9,7 @@ import kopf
 
 from lmforge.operator import main
 
-KINDS = ("pretrainjobs", "datasets", "evaluations", "deployments")
+KINDS = ("pretrainjobs", "datasets", "evaluations", "deployments", "finetunes")
 
 
 def test_kopf_keeps_its_state_in_annotations():
@@ -28,7 +28,7 @@ def test_every_kind_has_its_handlers():
     for plural in KINDS:
         assert {(plural, "create"), (plural, None), (plural, "update")} <= changing
     assert timers == set(KINDS)
-    for plural in ("finetunes", "rewardmodels"):
+    for plural in ("rewardmodels",):
         assert (plural, "create") in changing
 
 

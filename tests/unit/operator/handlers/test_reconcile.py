@@ -6,7 +6,7 @@ import json
 import kopf
 import pytest
 
-from lmforge.operator.handlers import dataset, evaluation, pretrainjob, reconcile
+from lmforge.operator.handlers import dataset, evaluation, finetune, pretrainjob, reconcile
 from lmforge.operator.handlers.unsupported import hold
 
 DATASET = """
@@ -268,3 +268,52 @@ def test_a_deleted_resource_is_left_to_the_garbage_collector(cluster, events):
     run(dataset.KIND, "corpus")
     run(dataset.KIND, "gone")
     assert cluster.pods() == {} and cluster.status_patches == []
+
+
+FINETUNE = """
+apiVersion: lmforge.dev/v1alpha1
+kind: FineTune
+metadata: {name: chat}
+spec:
+  baseModel: {pretrainJobRef: {name: tiny}}
+  method: METHOD
+  data: {uri: "s3://bucket/sft.jsonl"}
+  preferences: {uri: "s3://bucket/prefs.jsonl"}
+  lora: {rank: 4}
+  training: {steps: 5}
+  resources: {nodes: 2}
+  storage: {uri: "s3://bucket"}
+"""
+
+
+def test_finetune_waits_for_its_base_model_then_runs_the_gang(cluster, events):
+    cluster.add(FINETUNE.replace("METHOD", "sft"))
+    run(finetune.KIND, "chat")
+    assert cluster.status("finetunes", "chat")["phase"] == "Waiting" and cluster.pods() == {}
+    trained = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/pt/model"}]}}
+    cluster.add(PRETRAIN, status=trained)
+    run(finetune.KIND, "chat")
+    assert sorted(cluster.pods()) == ["chat-worker-0", "chat-worker-1"]
+    config = json.loads(
+        cluster.objects[("ConfigMap", "team-a", "chat-config")]["data"]["config.json"]
+    )
+    assert (config["baseModelUri"], config["examplesUri"]) == (
+        "s3://bucket/pt/model",
+        "s3://bucket/sft.jsonl",
+    )
+    assert config["lora"]["rank"] == 4 and "architecture" not in config
+    lineage = cluster.status("finetunes", "chat")["lineage"]
+    assert lineage["inputs"][0]["uri"] == "s3://bucket/pt/model"
+
+
+def test_a_method_not_built_yet_fails_naming_the_field(cluster, events):
+    cluster.add(
+        PRETRAIN, status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://m"}]}}
+    )
+    cluster.add(FINETUNE.replace("METHOD", "dpo"))
+    with pytest.raises(kopf.PermanentError):
+        run(finetune.KIND, "chat")
+    status = cluster.status("finetunes", "chat")
+    assert status["phase"] == "Failed"
+    assert condition(status, "Failed")["message"].startswith("spec.method: dpo is not available")
+    assert cluster.pods() == {}

@@ -51,6 +51,17 @@ spec:
   tasks: [{name: ppl, type: perplexity, datasetRef: {name: mini}, maxExamples: EXAMPLES}]
   thresholds: [{metric: ppl.perplexity, max: 100000}]
 """,
+    "05-finetune.yaml": """
+apiVersion: lmforge.dev/v1alpha1
+kind: FineTune
+metadata: {name: mini-sft}
+spec:
+  baseModel: {pretrainJobRef: {name: mini-model}}
+  method: sft
+  data: {uri: "EXAMPLES", validationFraction: 0.25}
+  training: {steps: 4, globalBatchTokens: 256, microBatch: 2, checkpoint: {everySteps: 2}}
+  resources: {processesPerNode: 2}
+""",
     "04-deployment.yaml": """
 apiVersion: lmforge.dev/v1alpha1
 kind: Deployment
@@ -64,8 +75,12 @@ spec:
 
 def write(folder: Path, steps: int = 12, examples: int = 50) -> Path:
     folder.mkdir(exist_ok=True)
+    rows = [{"prompt": f"def f{i}():", "response": f"    return {i}"} for i in range(8)]
+    sft = folder.parent / "sft.jsonl"
+    sft.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, text in MINI.items():
-        text = text.replace("STEPS", str(steps)).replace("EXAMPLES", str(examples))
+        text = text.replace("STEPS", str(steps)).replace('"EXAMPLES"', f'"{sft.as_uri()}"')
+        text = text.replace("EXAMPLES", str(examples))
         (folder / name).write_text(text)
     return folder
 
@@ -92,6 +107,13 @@ def test_runs_the_lifecycle_and_writes_the_report(tmp_path, capsys):
     assert trained["lineage"]["inputs"][0]["kind"] == "Dataset"
     evaluation = status(state, "Evaluation", "mini-eval")
     assert evaluation["passed"] is True and evaluation["results"]["ppl.perplexity"] > 1
+    tuned = status(state, "FineTune", "mini-sft")
+    assert tuned["phase"] == "Succeeded" and tuned["progress"] == "4/4"
+    assert tuned["lineage"]["inputs"][0] == {
+        "uri": trained["lineage"]["outputs"][0]["uri"],
+        "kind": "PretrainJob",
+        "name": "mini-model",
+    }
     # The Deployment's server answered a chat request, then stopped with the run (--no-serve).
     served = status(state, "Deployment", "mini-chat")
     assert served["phase"] == "Available" and isinstance(served["sample"], str)

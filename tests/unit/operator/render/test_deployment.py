@@ -3,10 +3,13 @@ its status: waiting on the model, held by a failed gate, progressing, available.
 
 import json
 
+import pytest
+
 from lmforge.jobs.serve.config import ServeConfig
 from lmforge.operator.api import conditions as c
 from lmforge.operator.render import deployment as render
 from lmforge.operator.render.inputs import Dependencies
+from lmforge.operator.render.names import RenderError
 from lmforge.operator.render.pods import storage
 
 from .conftest import NOW
@@ -110,3 +113,17 @@ def test_status_waits_is_held_by_a_failed_gate_then_rolls_out(owner):
     failed = Dependencies([], ["spec.modelRef: FineTune/tuned failed: OOMKilled"], {})
     status, roll = render.decide(status, 2, failed, None, None, o, NOW)
     assert (status["phase"], roll) == ("Failed", False)
+
+
+def test_onnx_runtime_is_refused_naming_the_field(resource, defaults):
+    d = resource(DEPLOYMENT, runtime="onnx", quantization="int8")
+    with pytest.raises(RenderError) as refused:
+        render.serve_config(d, MODEL["uri"], storage(d.spec.storage, defaults))
+    assert refused.value.field == "spec.runtime" and "use native" in str(refused.value)
+    native = resource(DEPLOYMENT, quantization="int8")
+    assert (
+        render.serve_config(native, "s3://m", storage(native.spec.storage, defaults))[
+            "quantization"
+        ]
+        == "int8"
+    )

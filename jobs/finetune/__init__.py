@@ -1,0 +1,1 @@
+"""Fine-tuning: supervised examples (SFT), full or LoRA, on the trainer of jobs/train."""

@@ -1,0 +1,74 @@
+"""FineTune (method sft, full or LoRA): the PretrainJob's gang of torchrun workers, started from
+the base model; the other methods are refused with the field named until they land."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from ..api.base import GROUP, VERSION
+from ..api.finetune import FineTune
+from ..render import training
+from ..render.gang import decide_gang
+from ..render.inputs import Dependencies
+from ..render.names import Owner
+from ..render.pods import StorageSettings
+from ..render.status import Observed, Plan
+from .pretrainjob import worker_zero
+from .reconcile import Children, Kind, Work, run
+from .settings import SETTINGS, Settings
+
+
+def build(
+    job: FineTune,
+    owner: Owner,
+    deps: Dependencies,
+    store: StorageSettings,
+    settings: Settings,
+    traceparent: str | None,
+) -> Work:
+    spec = job.spec
+    training.check_names(owner.name, spec.resources.nodes)
+
+    def decide(observed: Observed) -> Plan:
+        return decide_gang(observed, owner.name, spec.resources.nodes)
+
+    field = next((f for f in deps.outputs if f.startswith("spec.baseModel")), None)
+    if field is None and spec.base_model.uri is None:  # waiting for the base model
+        return Work(decide, None, worker_zero)
+    base = deps.outputs[field] if field else {"uri": spec.base_model.uri}
+    config = training.finetune_config(job, base["uri"], store)  # RenderError: not sft yet
+    image = spec.resources.image or settings.defaults.image
+    lineage = {
+        "inputs": [base, {"uri": spec.data.uri}],
+        "outputs": [{"uri": config["outputUri"], "kind": "Model"}],
+        "image": image,
+    }
+
+    def render(attempt: int) -> Children:
+        gang = training.gang(owner, spec, config, attempt, settings.defaults, store, traceparent)
+        return [gang.config_map, gang.service], gang.pods
+
+    return Work(decide, render, worker_zero, lineage)
+
+
+KIND = Kind("FineTune", build)
+
+
+@kopf.on.create(GROUP, VERSION, "finetunes")
+@kopf.on.resume(GROUP, VERSION, "finetunes")
+@kopf.on.update(GROUP, VERSION, "finetunes", field="spec")
+def reconcile_finetune(namespace: str, name: str, **_: Any) -> None:
+    run(KIND, namespace, name)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "finetunes",
+    interval=SETTINGS.interval_seconds,
+    initial_delay=SETTINGS.interval_seconds,
+)
+def follow_finetune(namespace: str, name: str, **_: Any) -> None:
+    run(KIND, namespace, name)
