@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     with open(args.config) as stream:
         config = EvalConfig.model_validate_json(stream.read())
     try:
-        report = evaluate(config)
+        with torch.no_grad():
+            report = evaluate(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.audit_log:
         handler = logging.FileHandler(config.audit_log)
         logging.getLogger("lmforge.audit").addHandler(handler)
+    from lmforge.operator.handlers.telemetry import setup as export_telemetry
+
+    export_telemetry("lmforge-serve")  # spans per request, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     model, tokenizer = load(config)
     engine = Engine(model, tokenizer, config.slots)
     app = create_app(config, engine)

@@ -37,7 +37,13 @@ def build(
     field = next((f for f in deps.outputs if f.startswith("spec.baseModel")), None)
     if field is None and spec.base_model.uri is None:  # waiting for the base model
         return Work(decide, None, worker_zero)
-    base = deps.outputs[field] if field else {"uri": spec.base_model.uri}
+    base = {"uri": spec.base_model.uri}
+    if field:  # the referenced resource, and the artifact (and digest) it recorded
+        kind = "PretrainJob" if field.endswith("pretrainJobRef") else "FineTune"
+        ref = spec.base_model.pretrain_job_ref or spec.base_model.fine_tune_ref
+        output = deps.outputs[field]
+        base = {"uri": output["uri"], "kind": kind, "name": ref.name}
+        base |= {"digest": output["digest"]} if output.get("digest") else {}
     config = training.finetune_config(job, base["uri"], store)  # RenderError: not sft yet
     image = spec.resources.image or settings.defaults.image
     lineage = {

@@ -53,8 +53,9 @@ def current_traceparent(fallback: str | None) -> str | None:
     return carrier.get("traceparent", fallback)
 
 
-def setup() -> bool:
-    """Export traces and metrics over OTLP/HTTP when an endpoint is configured."""
+def setup(service: str = "lmforge-operator") -> bool:
+    """Export traces and metrics over OTLP/HTTP when an endpoint is configured (the server uses
+    it too, as `lmforge-serve`)."""
     if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return False
     try:
@@ -68,7 +69,7 @@ def setup() -> bool:
     except ImportError as error:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the SDK is missing (%s)", error)
         return False
-    resource = Resource.create({"service.name": "lmforge-operator"})
+    resource = Resource.create({"service.name": service})
     traces = TracerProvider(resource=resource)
     traces.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(traces)

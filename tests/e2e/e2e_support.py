@@ -17,6 +17,7 @@ GROUP = "/apis/lmforge.dev/v1alpha1"
 PLURALS = {
     "Dataset": "datasets",
     "PretrainJob": "pretrainjobs",
+    "FineTune": "finetunes",
     "Evaluation": "evaluations",
     "Deployment": "deployments",
 }

@@ -1,6 +1,7 @@
-"""A Deployment on the operator: it waits while its Evaluation gate has failed (nothing rolls out,
-the reason in status), and with a passing gate becomes Available and answers a chat request from
-the official `openai` client.
+"""A FineTune and a Deployment on the operator: SFT of a PretrainJob's model, then a Deployment
+that waits while its Evaluation gate has failed (nothing rolls out, the reason in status), and
+one whose gate passed, which becomes Available and answers a chat request from the official
+`openai` client.
 
 The test node has no kube-proxy (ClusterIPs do not route), so the client pod talks to the
 server pod's IP; the Service is checked as an object."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import s3fs
 from cluster import python_pod
 from e2e_support import (
     TRAIN_SECONDS,
@@ -26,13 +28,31 @@ from kubeapi import Api
 SERVER_SECONDS = 180
 
 
-def evaluation(name: str, store: dict, max_perplexity: float) -> dict:
+def finetune(name: str, examples: str, store: dict) -> dict:
+    """SFT of the PretrainJob's model: 2 worker pods x 1 process, a few steps."""
+    return {
+        "apiVersion": "lmforge.dev/v1alpha1",
+        "kind": "FineTune",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"pretrainJobRef": {"name": "base"}},
+            "method": "sft",
+            "data": {"uri": examples, "validationFraction": 0.25},
+            "training": {"steps": 4, "globalBatchTokens": 128, "microBatch": 1,
+                         "checkpoint": {"everySteps": 2}},
+            "resources": {"nodes": 2, "processesPerNode": 1, "cpu": "1", "memory": "1Gi"},
+            "storage": store,
+        },
+    }  # fmt: skip
+
+
+def evaluation(name: str, store: dict, max_perplexity: float, model: dict) -> dict:
     return {
         "apiVersion": "lmforge.dev/v1alpha1",
         "kind": "Evaluation",
         "metadata": {"name": name},
         "spec": {
-            "modelRef": {"kind": "PretrainJob", "name": "base"},
+            "modelRef": model,
             "tasks": [{"name": "ppl", "type": "perplexity", "datasetRef": {"name": "corpus"},
                        "maxExamples": 8}],
             "thresholds": [{"metric": "ppl.perplexity", "max": max_perplexity}],
@@ -42,13 +62,13 @@ def evaluation(name: str, store: dict, max_perplexity: float) -> dict:
     }  # fmt: skip
 
 
-def deployment(name: str, gate: str, store: dict) -> dict:
+def deployment(name: str, gate: str, store: dict, model: dict) -> dict:
     return {
         "apiVersion": "lmforge.dev/v1alpha1",
         "kind": "Deployment",
         "metadata": {"name": name},
         "spec": {
-            "modelRef": {"kind": "PretrainJob", "name": "base"},
+            "modelRef": model,
             "evaluationRef": {"name": gate},
             "resources": {"cpu": "1", "memory": "1Gi"},
             "storage": store,
@@ -56,13 +76,22 @@ def deployment(name: str, gate: str, store: dict) -> dict:
     }
 
 
-def test_gate_blocks_rollout_and_a_passing_one_serves_chat(cluster, namespace, s3, operator):
+def test_finetune_gate_blocks_rollout_and_a_passing_one_serves_chat(
+    cluster, namespace, s3, s3_endpoint, operator
+):
+    """PretrainJob -> FineTune (sft) -> Evaluation -> Deployment, and a failing gate."""
     api = Api(cluster.kubeconfig)
     store = storage(s3.bucket, s3.endpoint, s3.secret)
+    rows = [{"prompt": f"def f{i}():", "response": f"    return {i}"} for i in range(8)]
+    examples = f"{s3.bucket}/sft.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe(examples, text.encode())
+    base, tuned = {"kind": "PretrainJob", "name": "base"}, {"kind": "FineTune", "name": "sft"}
     cluster.apply(
         dataset("corpus", store), pretrainjob("base", "corpus", store, steps=6),
-        evaluation("strict", store, 1.0), evaluation("lenient", store, 1e9),
-        deployment("blocked", "strict", store), deployment("chat", "lenient", store),
+        finetune("sft", examples, store),
+        evaluation("strict", store, 1.0, base), evaluation("lenient", store, 1e9, tuned),
+        deployment("blocked", "strict", store, base), deployment("chat", "lenient", store, tuned),
         namespace=namespace,
     )  # fmt: skip
 
@@ -82,12 +111,16 @@ def test_gate_blocks_rollout_and_a_passing_one_serves_chat(cluster, namespace, s
         ["deployment.apps/chat-serve"],
     )
 
+    # The FineTune ran from the PretrainJob's model; the lenient gate scores it and passes.
+    tuned_status = wait_phase(api, "FineTune", namespace, "sft", "Succeeded", TRAIN_SECONDS)
+    assert tuned_status["status"]["progress"] == "4/4"
+    assert tuned_status["status"]["lineage"]["inputs"][0]["kind"] == "PretrainJob"
     # The lenient gate passes: the server rolls out and becomes Available.
     ready = wait_phase(api, "Deployment", namespace, "chat", "Available", SERVER_SECONDS)
     status = ready["status"]
     assert status["readyReplicas"] == 1 and status["modelDigest"].startswith("sha256:")
     assert status["endpoint"] == f"http://chat.{namespace}.svc:8000/v1"
-    assert status["lineage"]["inputs"][0]["kind"] == "PretrainJob"
+    assert status["lineage"]["inputs"][0]["kind"] == "FineTune"
     service = cluster.get("service", "chat", "-n", namespace)
     assert service["spec"]["ports"][0]["port"] == 8000
     assert [e["reason"] for e in events(api, namespace, "Deployment", "chat")][-1] == "Available"

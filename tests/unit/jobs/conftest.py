@@ -1,9 +1,11 @@
 """A tiny model exported as a Hugging Face directory with a real BPE tokenizer, for the jobs that
-read one (serving, evaluation)."""
+read one (serving, evaluation); and an OTLP collector."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,23 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def loaded(model_dir):
     return load(ServeConfig(model_uri=str(model_dir), served_model_name="tiny"))
+
+
+@pytest.fixture
+def otlp():
+    """An OTLP/HTTP collector on a free port: (its endpoint, the bodies it received)."""
+    bodies: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", bodies
+    server.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -260,14 +261,19 @@ def test_health_readiness_and_context(serve, loaded):
     assert long.usage.prompt_tokens + long.usage.completion_tokens <= CONTEXT
 
 
-def test_lmforge_serve_command_answers_the_openai_client(model_dir):
-    """The real entry point: `lmforge serve --model DIR` in its own process."""
+def test_lmforge_serve_command_answers_the_openai_client(model_dir, otlp):
+    """The real entry point: `lmforge serve --model DIR` in its own process, int8, exporting a
+    span per request over OTLP."""
+    endpoint, bodies = otlp
     from .conftest import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "lmforge.operator.cli", "serve", "--model", str(model_dir),
                "--name", NAME, "--port", str(port), "--quantization", "int8"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         banner = f"serving {NAME} on http://127.0.0.1:{port}/v1"
         assert any(banner in line for line in iter(process.stdout.readline, "")), "no banner"
@@ -287,3 +293,5 @@ def test_lmforge_serve_command_answers_the_openai_client(model_dir):
     finally:
         process.terminate()
         process.wait(10)
+    received = b"".join(bodies)
+    assert b"POST /v1/chat/completions" in received and b"lmforge-serve" in received

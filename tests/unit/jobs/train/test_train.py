@@ -1,12 +1,9 @@
 """The trainer learns, keeps data and checkpoints on S3, and reports over OTLP."""
 
-import http.server
 import json
 import math
 import subprocess
 import sys
-import threading
-from typing import ClassVar
 
 import fsspec
 import numpy as np
@@ -55,29 +52,15 @@ def test_data_and_checkpoints_on_s3(tmp_path, dataset, bucket, s3_endpoint):
     ]
 
 
-class _Collector(http.server.BaseHTTPRequestHandler):
-    bodies: ClassVar[list[bytes]] = []
-
-    def do_POST(self):
-        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset):
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):
+    endpoint, bodies = otlp
     cfg = config(tmp_path, dataset, steps=3) | {"processesPerNode": 1}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
            "OTEL_METRIC_EXPORT_INTERVAL": "100", "PATH": "/usr/bin:/bin"}  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "lmforge.jobs.train", "--config",
                            str(tmp_path / "config.json")], env=env, capture_output=True, timeout=300)  # fmt: skip
-    server.shutdown()
     assert done.returncode == 0, done.stderr[-2000:]
-    received = b"".join(_Collector.bodies)
+    received = b"".join(bodies)
     for name in (b"lmforge.train.loss", b"lmforge.train.tokens_per_second", b"lmforge-trainer"):
         assert name in received

@@ -303,7 +303,11 @@ def test_finetune_waits_for_its_base_model_then_runs_the_gang(cluster, events):
     )
     assert config["lora"]["rank"] == 4 and "architecture" not in config
     lineage = cluster.status("finetunes", "chat")["lineage"]
-    assert lineage["inputs"][0]["uri"] == "s3://bucket/pt/model"
+    assert lineage["inputs"][0] == {
+        "uri": "s3://bucket/pt/model",
+        "kind": "PretrainJob",
+        "name": "tiny",
+    }
 
 
 def test_a_method_not_built_yet_fails_naming_the_field(cluster, events):
