@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -41,3 +43,16 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
+
+
+def jsonl(uri: str, endpoint_url: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each non-blank line of a jsonl file, `where` being "<uri> line N"; a
+    line that is not JSON is a ValueError that says where."""
+    fs, path = filesystem(uri, endpoint_url)
+    for number, line in enumerate(fs.cat_file(path).decode().splitlines(), 1):
+        if line.strip():
+            where = f"{uri} line {number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not JSON ({error})") from error

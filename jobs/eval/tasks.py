@@ -7,7 +7,6 @@ for multipleChoice, where answer is the index of the right choice or its text.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from tokenizers import Tokenizer
 
 from lmforge.jobs.generate import EOS, Sampling, generate
 from lmforge.jobs.model import Transformer
-from lmforge.jobs.storage import filesystem
+from lmforge.jobs.storage import jsonl
 
 FIELDS = {
     "bleu": ("prompt", "reference"),
@@ -28,16 +27,10 @@ FIELDS = {
 
 def read_rows(uri: str, kind: str, limit: int | None, endpoint_url: str | None) -> list[dict]:
     """The task's rows, checked: a bad row is an error naming its line and field."""
-    fs, path = filesystem(uri, endpoint_url)
     rows = []
-    for number, line in enumerate(fs.cat_file(path).decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{uri} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not JSON ({error})") from error
+    for where, row in jsonl(uri, endpoint_url):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a row is a JSON object")
         missing = [f for f in FIELDS[kind] if f not in row]
         if missing:
             raise ValueError(f"{where}: missing {', '.join(missing)} (a {kind} row has "

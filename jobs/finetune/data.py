@@ -9,14 +9,12 @@ token ids and labels, where a label is the next token's id on assistant text and
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.jobs.chat import ROLES
 from lmforge.jobs.generate import EOS
-from lmforge.jobs.storage import filesystem
+from lmforge.jobs.storage import jsonl
 
 IGNORE = -100
 
@@ -27,21 +25,12 @@ class ExampleError(ValueError):
 
 def read(uri: str, endpoint_url: str | None = None) -> list[list[dict[str, str]]]:
     """Every row as a list of messages, checked."""
-    fs, path = filesystem(uri, endpoint_url)
     conversations = []
-    for number, line in enumerate(fs.cat_file(path).decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{uri} line {number}"
+    for where, row in jsonl(uri, endpoint_url):  # a line that is not JSON: ValueError
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ExampleError(f"{where}: not JSON ({error})") from error
-        try:
-            messages = read_row(row)
+            conversations.append(read_row(row))
         except ExampleError as error:
             raise ExampleError(f"{where}: {error}") from error
-        conversations.append(messages)
     if not conversations:
         raise ExampleError(f"{uri}: no rows")
     return conversations
@@ -49,6 +38,8 @@ def read(uri: str, endpoint_url: str | None = None) -> list[list[dict[str, str]]
 
 def read_row(row: dict) -> list[dict[str, str]]:
     """A row's messages: {"messages": [...]}, or {"prompt", "response"} as one exchange."""
+    if not isinstance(row, dict):
+        raise ExampleError("a row is a JSON object")
     if "messages" in row:
         messages = row["messages"]
     elif "prompt" in row and "response" in row:

@@ -123,7 +123,7 @@ class Trainer:
         try:
             conversations = data.read(c.examples_uri, c.endpoint_url)
             rows = data.encode(conversations, tokenizer, c.architecture.context_length - 1)
-        except data.ExampleError as error:
+        except ValueError as error:  # a bad row, named by its line
             raise ConfigError(f"spec.data: {error}") from error
         order = np.random.default_rng(c.training.seed).permutation(len(rows))
         held = int(len(rows) * c.validation_fraction)

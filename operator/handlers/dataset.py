@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import kopf
-
-from ..api.base import GROUP, VERSION
 from ..api.dataset import Dataset
 from ..render import dataset as render
 from ..render.inputs import Dependencies
@@ -17,8 +14,8 @@ from ..render.observe import Failure, PodState
 from ..render.pods import StorageSettings
 from ..render.progress import latest
 from ..render.status import Observed, Plan
-from .reconcile import Children, Kind, Work, run
-from .settings import SETTINGS, Settings
+from .reconcile import Children, Kind, Work, register
+from .settings import Settings
 
 
 def main_pod(pods: tuple[PodState, ...], previous: dict[str, Any]) -> tuple[PodState, str] | None:
@@ -65,19 +62,4 @@ def build(
 KIND = Kind("Dataset", build)
 
 
-@kopf.on.create(GROUP, VERSION, "datasets")
-@kopf.on.resume(GROUP, VERSION, "datasets")
-@kopf.on.update(GROUP, VERSION, "datasets", field="spec")
-def reconcile_dataset(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "datasets",
-    interval=SETTINGS.interval_seconds,
-    initial_delay=SETTINGS.interval_seconds,
-)
-def follow_dataset(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
+register(KIND)

@@ -9,13 +9,12 @@ from typing import Any
 import kopf
 
 from ..api import conditions as c
-from ..api.base import GROUP, VERSION
 from ..kube import Kube
 from ..render import deployment as render
 from ..render.names import Owner, RenderError
 from ..render.pods import storage
 from ..render.status import condition, status_patch
-from .reconcile import Kind, dependencies, parse, record_invalid, run
+from .reconcile import Kind, dependencies, parse, record_invalid, register
 from .settings import SETTINGS
 
 
@@ -78,20 +77,4 @@ def _digest(model: dict[str, Any]) -> dict[str, str]:
 KIND = Kind("Deployment", reconcile=reconcile)
 
 
-@kopf.on.create(GROUP, VERSION, "deployments")
-@kopf.on.resume(GROUP, VERSION, "deployments")
-@kopf.on.update(GROUP, VERSION, "deployments", field="spec")
-def reconcile_deployment(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "deployments",
-    interval=SETTINGS.interval_seconds,
-    initial_delay=SETTINGS.interval_seconds,
-)
-def follow_deployment(namespace: str, name: str, **_: Any) -> None:
-    """Rollouts and readiness change without the resource changing."""
-    run(KIND, namespace, name)
+register(KIND)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import kopf
-
-from ..api.base import GROUP, VERSION
 from ..api.evaluation import Evaluation
 from ..render import evaluation as render
 from ..render.inputs import Dependencies
@@ -16,8 +13,8 @@ from ..render.observe import Failure, PodState
 from ..render.pods import StorageSettings
 from ..render.progress import latest
 from ..render.status import Observed, Plan
-from .reconcile import Children, Kind, Work, run
-from .settings import SETTINGS, Settings
+from .reconcile import Children, Kind, Work, register
+from .settings import Settings
 
 
 def main_pod(pods: tuple[PodState, ...], previous: dict[str, Any]) -> tuple[PodState, str] | None:
@@ -74,19 +71,4 @@ def build(
 KIND = Kind("Evaluation", build)
 
 
-@kopf.on.create(GROUP, VERSION, "evaluations")
-@kopf.on.resume(GROUP, VERSION, "evaluations")
-@kopf.on.update(GROUP, VERSION, "evaluations", field="spec")
-def reconcile_evaluation(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "evaluations",
-    interval=SETTINGS.interval_seconds,
-    initial_delay=SETTINGS.interval_seconds,
-)
-def follow_evaluation(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
+register(KIND)

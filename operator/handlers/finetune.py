@@ -3,11 +3,6 @@ the base model; the other methods are refused with the field named until they la
 
 from __future__ import annotations
 
-from typing import Any
-
-import kopf
-
-from ..api.base import GROUP, VERSION
 from ..api.finetune import FineTune
 from ..render import training
 from ..render.gang import decide_gang
@@ -16,8 +11,8 @@ from ..render.names import Owner
 from ..render.pods import StorageSettings
 from ..render.status import Observed, Plan
 from .pretrainjob import worker_zero
-from .reconcile import Children, Kind, Work, run
-from .settings import SETTINGS, Settings
+from .reconcile import Children, Kind, Work, register
+from .settings import Settings
 
 
 def build(
@@ -62,19 +57,4 @@ def build(
 KIND = Kind("FineTune", build)
 
 
-@kopf.on.create(GROUP, VERSION, "finetunes")
-@kopf.on.resume(GROUP, VERSION, "finetunes")
-@kopf.on.update(GROUP, VERSION, "finetunes", field="spec")
-def reconcile_finetune(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "finetunes",
-    interval=SETTINGS.interval_seconds,
-    initial_delay=SETTINGS.interval_seconds,
-)
-def follow_finetune(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
+register(KIND)

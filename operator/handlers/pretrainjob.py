@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import kopf
-
-from ..api.base import GROUP, VERSION
 from ..api.pretrainjob import PretrainJob
 from ..render import training
 from ..render.gang import decide_gang
@@ -15,8 +12,8 @@ from ..render.names import Owner
 from ..render.observe import PodState
 from ..render.pods import StorageSettings
 from ..render.status import Observed, Plan
-from .reconcile import Children, Kind, Work, run
-from .settings import SETTINGS, Settings
+from .reconcile import Children, Kind, Work, register
+from .settings import Settings
 
 
 def worker_zero(
@@ -61,20 +58,4 @@ def build(
 KIND = Kind("PretrainJob", build)
 
 
-@kopf.on.create(GROUP, VERSION, "pretrainjobs")
-@kopf.on.resume(GROUP, VERSION, "pretrainjobs")
-@kopf.on.update(GROUP, VERSION, "pretrainjobs", field="spec")
-def reconcile_pretrainjob(namespace: str, name: str, **_: Any) -> None:
-    run(KIND, namespace, name)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "pretrainjobs",
-    interval=SETTINGS.interval_seconds,
-    initial_delay=SETTINGS.interval_seconds,
-)
-def follow_pretrainjob(namespace: str, name: str, **_: Any) -> None:
-    """Level-triggered: pods, progress and deadlines change without the resource changing."""
-    run(KIND, namespace, name)
+register(KIND)

@@ -22,6 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from ..api import KINDS
 from ..api import conditions as c
+from ..api.base import GROUP, VERSION
 from ..api.conditions import RESTARTING
 from ..api.references import references
 from ..api.resource import Resource
@@ -80,6 +81,25 @@ class Kind:
 _kube: Kube | None = None
 _locks: dict[tuple[str, str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+
+
+def register(kind: Kind) -> None:
+    """kopf's handlers for a kind: a pass on create, on resume (operator start) and on a spec
+    change; and a timer, because pods, progress and deadlines change without the resource
+    changing. The timer's first pass waits an interval, so that a new resource's first pass is
+    its create handler's alone (benchmarks/operator_scale.py)."""
+    singular = kind.kind.lower()
+
+    def reconcile(namespace: str, name: str, **_: Any) -> None:
+        run(kind, namespace, name)
+
+    where = (GROUP, VERSION, kind.plural)
+    on = f"reconcile_{singular}"  # the handler ids kopf keeps in annotations
+    kopf.on.create(*where, id=on)(reconcile)
+    kopf.on.resume(*where, id=on)(reconcile)
+    kopf.on.update(*where, field="spec", id=on)(reconcile)
+    every = SETTINGS.interval_seconds
+    kopf.timer(*where, id=f"follow_{singular}", interval=every, initial_delay=every)(reconcile)
 
 
 def kube() -> Kube:

@@ -54,12 +54,20 @@ def worker_address(owner: Owner, index: int) -> str:
 
 def pretrain_config(job: PretrainJob, dataset_uri: str, store: StorageSettings) -> dict[str, Any]:
     """The trainer's TrainConfig, with the same fields the local runner writes."""
+    spec = job.spec
+    return {
+        "architecture": spec.model.wire(),
+        "datasetUri": dataset_uri,
+        **_run(job, store),
+    }
+
+
+def _run(job: PretrainJob | FineTune, store: StorageSettings) -> dict[str, Any]:
+    """What every training config has: name, schedule, outputs and the gang's shape."""
     spec, artifact = job.spec, job.artifact_uri(store.uri)
     return {
         "name": job.metadata.name,
-        "architecture": spec.model.wire(),
         "training": spec.training.wire(),
-        "datasetUri": dataset_uri,
         "outputUri": f"{artifact}/model",
         "checkpointUri": spec.training.checkpoint.uri or f"{artifact}/checkpoints",
         "nodes": spec.resources.nodes,
@@ -73,24 +81,17 @@ def pretrain_config(job: PretrainJob, dataset_uri: str, store: StorageSettings) 
 def finetune_config(job: FineTune, base_uri: str, store: StorageSettings) -> dict[str, Any]:
     """The trainer's TrainConfig for supervised fine-tuning (method sft), as the local runner
     writes it too; the base model gives the architecture and the tokenizer."""
-    spec, artifact = job.spec, job.artifact_uri(store.uri)
+    spec = job.spec
     if spec.method != "sft":
         raise RenderError(
             "spec.method", f"{spec.method} is not available in this version yet: use sft"
         )
     return {
-        "name": job.metadata.name,
-        "training": spec.training.wire(),
         "baseModelUri": base_uri,
         "examplesUri": spec.data.uri,
         "validationFraction": spec.data.validation_fraction,
         **({"lora": spec.lora.wire()} if spec.lora else {}),
-        "outputUri": f"{artifact}/model",
-        "checkpointUri": spec.training.checkpoint.uri or f"{artifact}/checkpoints",
-        "nodes": spec.resources.nodes,
-        "processesPerNode": spec.resources.processes_per_node,
-        "endpointUrl": store.endpoint_url,
-        "progressPath": f"{SCRATCH_DIR}/progress.jsonl",
+        **_run(job, store),
     }
 
 
