@@ -1,6 +1,7 @@
 """Serving throughput: `lmforge serve` against Hugging Face transformers' generate, side by side.
 
     pip install -e '.[dev]' && python benchmarks/serve.py [--preset small] [--max-tokens 64]
+        [--runtime native|onnx]
 
 Both get the same exported weights (random, seeded: speed does not depend on what was learned),
 the same prompts and greedy decoding of `--max-tokens` tokens. lmforge: the real server in its own
@@ -149,6 +150,7 @@ def main() -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="best of this many per level")
+    parser.add_argument("--runtime", choices=["native", "onnx"], default="native")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmforge-serve-bench-"))
     model_dir, weight_bytes = build(work, args.preset)
@@ -170,6 +172,8 @@ def main() -> int:
             str(port),
             "--slots",
             "16",
+            "--runtime",
+            args.runtime,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -215,7 +219,8 @@ def main() -> int:
     print(
         f"preset {args.preset}: {weight_bytes / 2**20:.0f} MiB of fp32 weights; read bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s -> batch-1 ceiling {ceiling:.1f} tokens/s; "
-        f"{args.max_tokens} greedy tokens per request; threads {torch.get_num_threads()}"
+        f"{args.max_tokens} greedy tokens per request; threads {torch.get_num_threads()};"
+        f" lmforge runtime {args.runtime}"
     )
     print("tokens/s (time to first token, median) at each number of concurrent requests")
     print(
@@ -242,6 +247,7 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "serve",
+                "runtime": args.runtime,
                 "preset": args.preset,
                 "weight_bytes": weight_bytes,
                 "read_bandwidth": bandwidth,

@@ -53,28 +53,60 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-@torch.no_grad()
 def generate(
     model: Transformer, prompt: list[int], sampling: Sampling, eos: int | None
 ) -> list[int]:
     """The prompt's continuation as token ids, without the prompt; stops at eos, at max_tokens
     or at the end of the context (stop strings are the caller's: they need the text)."""
-    if not prompt:
-        raise ValueError("the prompt has no tokens: generation needs at least one")
+    (out,) = generate_batch(model, [prompt], sampling, eos, sampling.generator())
+    return out[:-1] if out and out[-1] == eos else out
+
+
+@torch.no_grad()
+def generate_batch(
+    model: Transformer,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    eos: int | None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Continuations of several prompts at once over one KV cache (RLHF rollouts): each prompt is
+    read into its own slot, then every unfinished sequence advances one token per forward pass.
+    A continuation ends with eos when the model chose it (kept, so a caller can train on it),
+    else at max_tokens or at the end of the context. `generator` None samples from torch's
+    global generator (a trainer's, saved in its checkpoints)."""
+    if not all(prompts):
+        raise ValueError("a prompt has no tokens: generation needs at least one")
+    training = model.training
     model.eval()
+    device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    cache = KVCache(model.arch, slots=1, dtype=dtype)
-    generator = sampling.generator()
-    room = model.arch.context_length - len(prompt)
-    tokens, position, out = torch.tensor([prompt], dtype=torch.long), 0, []
-    for _ in range(min(sampling.max_tokens, room)):
-        logits = model(tokens, step=Step(cache, torch.tensor([0]), torch.tensor([position])))
-        position += tokens.shape[1]
-        token = pick(logits[0, -1], sampling, generator)
-        if token == eos:
+    context = model.arch.context_length
+    cache = KVCache(model.arch, slots=len(prompts), dtype=dtype)
+    cache.k, cache.v = cache.k.to(device), cache.v.to(device)
+    last = []
+    for slot, prompt in enumerate(prompts):  # prompts differ in length: one prefill each
+        step = Step(cache, torch.tensor([slot], device=device), torch.tensor([0], device=device))
+        last.append(model(torch.tensor([prompt], device=device), step=step)[0, -1])
+    logits, active = torch.stack(last), list(range(len(prompts)))
+    positions, out = [len(p) for p in prompts], [[] for _ in prompts]
+    for _ in range(sampling.max_tokens):
+        going = []
+        for row, i in enumerate(active):
+            if positions[i] >= context:  # no room for another token
+                continue
+            token = pick(logits[row], sampling, generator)
+            out[i].append(token)
+            if token != eos and len(out[i]) < sampling.max_tokens and positions[i] + 1 < context:
+                going.append(i)
+            positions[i] += 1
+        if not going:
             break
-        out.append(token)
-        tokens = torch.tensor([[token]])
+        tokens = torch.tensor([[out[i][-1]] for i in going], device=device)
+        at = torch.tensor([positions[i] - 1 for i in going], device=device)
+        logits = model(tokens, step=Step(cache, torch.tensor(going, device=device), at))[:, -1]
+        active = going
+    model.train(training)
     return out
 
 

@@ -20,6 +20,10 @@ from .sizing import parameter_shapes
 from .storage import filesystem, join, write_atomic
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+SCORE = "score.weight"
+"""A reward model's head (LlamaForSequenceClassification, one label) instead of lm_head."""
+SCORER_LABELS = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+EOS = "<|eos|>"
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 
 
@@ -46,9 +50,14 @@ def export(
         tensors.pop("lm_head.weight", None)
     check_tensors(tensors, arch, "state dict")
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+    config = llama_config(arch, dtype)
+    if SCORE in tensors:  # a reward model (jobs/model.Scorer)
+        config |= {"architectures": ["LlamaForSequenceClassification"], **SCORER_LABELS}
+        if tokenizer_json_path is not None:  # the score is read before the padding (<|eos|>)
+            config["pad_token_id"] = _token_id(tokenizer_json_path, EOS)
     out = str(out_dir).rstrip("/")
     fs, root = filesystem(out, endpoint_url)
-    write_atomic(fs, join(root, CONFIG), json.dumps(llama_config(arch, dtype), indent=2).encode())
+    write_atomic(fs, join(root, CONFIG), json.dumps(config, indent=2).encode())
     write_atomic(fs, join(root, WEIGHTS), save(tensors, metadata={"format": "pt"}))
     if tokenizer_json_path is not None:
         write_atomic(fs, join(root, TOKENIZER), Path(tokenizer_json_path).read_bytes())
@@ -95,7 +104,9 @@ def llama_config(arch: Architecture, dtype: str = "float32") -> dict:
 def load(
     uri: str | Path, endpoint_url: str | None = None
 ) -> tuple[Architecture, dict[str, torch.Tensor]]:
-    """Read a Llama checkpoint directory: its Architecture and a state dict for Transformer.
+    """Read a Llama checkpoint directory: its Architecture and a state dict for Transformer
+    (LlamaForCausalLM), or for Scorer (LlamaForSequenceClassification: `score.weight` and no
+    lm_head).
 
     Reads model.safetensors, or the shards a model.safetensors.index.json lists. With tied
     embeddings the state dict has lm_head.weight as the same tensor as the embedding, so
@@ -108,10 +119,10 @@ def load(
         raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
     arch = architecture_from_config(config, f"{uri}/{CONFIG}")
     tensors, where = _read_weights(fs, root, uri)
-    if arch.tied_embeddings:
+    if arch.tied_embeddings or SCORE in tensors:
         tensors.pop("lm_head.weight", None)  # some exporters write the tied copy; it is ignored
     check_tensors(tensors, arch, where)
-    if arch.tied_embeddings:
+    if arch.tied_embeddings and SCORE not in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     return arch, tensors
 
@@ -157,8 +168,12 @@ def architecture_from_config(config: dict, where: str) -> Architecture:
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], arch: Architecture, where: str) -> None:
-    """Every parameter present with the shape arch implies, and nothing else."""
+    """Every parameter present with the shape arch implies, and nothing else; a reward model
+    has the score head instead of lm_head."""
     expected = parameter_shapes(arch)
+    if SCORE in tensors:
+        expected.pop("lm_head.weight", None)
+        expected[SCORE] = (1, arch.d_model)
     for name, shape in expected.items():
         if name not in tensors:
             raise ValueError(f"{where}: tensor {name} is missing")
@@ -184,6 +199,12 @@ def _check_tying(tensors: dict[str, torch.Tensor], arch: Architecture) -> None:
             f" architecture has tiedEmbeddings {str(arch.tied_embeddings).lower()}: export with"
             " the architecture the model was built with"
         )
+
+
+def _token_id(tokenizer_json_path: str | Path, token: str) -> int | None:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_json_path)).token_to_id(token)
 
 
 def _rope_type(config: dict) -> str:

@@ -201,14 +201,9 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, step: Step | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits (batch, seq, vocab) for tokens (batch, seq); with targets, also the mean loss.
-
-        Targets equal to -100 are ignored (e.g. prompt tokens in supervised fine-tuning). With a
-        `step`, the tokens continue sequences held in its KV cache (incremental decoding).
-        """
+    def hidden(self, tokens: torch.Tensor, step: Step | None = None) -> torch.Tensor:
+        """The final hidden states (batch, seq, d_model), normalised: what a head reads. With a
+        `step`, the tokens continue sequences held in its KV cache (incremental decoding)."""
         seq = tokens.shape[1]
         end = seq if step is None else int(step.positions.max()) + seq
         if end > self.arch.context_length:
@@ -224,9 +219,33 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[at][:, None], self.rope_sin[at][:, None]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, step, i)
-        logits = self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, step: Step | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, seq, vocab) for tokens (batch, seq); with targets, also the mean loss.
+        Targets equal to -100 are ignored (e.g. prompt tokens in supervised fine-tuning)."""
+        logits = self.lm_head(self.hidden(tokens, step))
         if targets is None:
             return logits
         # Cross-entropy in fp32: a bf16 log-softmax over a large vocabulary is too coarse.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return logits, loss
+
+
+class Scorer(Transformer):
+    """A reward model: the same body and a linear head that reads one position's hidden state as
+    a scalar score. Hugging Face's LlamaForSequenceClassification with one label has this shape
+    and these names (`score.weight`), reading the last token that is not padding."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__(arch)
+        del self.lm_head
+        self.score = nn.Linear(self.arch.d_model, 1, bias=False)
+        nn.init.normal_(self.score.weight, std=INIT_STD)
+
+    def forward(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(batch,) scores, each read at position `last[b]` of row b."""
+        x = self.hidden(tokens)
+        return self.score(x[torch.arange(len(tokens), device=x.device), last]).squeeze(-1).float()

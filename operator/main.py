@@ -22,7 +22,6 @@ from .handlers import (  # noqa: F401
     finetune,
     pretrainjob,
     telemetry,
-    unsupported,
 )
 from .handlers.settings import SETTINGS
 

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
 from lmforge.jobs.generate import sample
-from lmforge.jobs.model import Transformer
+from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import filesystem, join
 
 from . import tasks
@@ -28,6 +28,14 @@ def evaluate(config: EvalConfig) -> dict:
     tokenizer = Tokenizer.from_str(fs.cat_file(join(root, hf.TOKENIZER)).decode())
     results, details = {}, {}
     for task in config.tasks:
+        if task.type == "reward":
+            rows = tasks.read_rows(task.uri, task.type, task.max_examples, config.endpoint_url)
+            scorer = _scorer(config.task_uris[task.name], tokenizer, config, task.name)
+            metrics, details[task.name] = tasks.reward(
+                model, scorer, tokenizer, rows, task.max_new_tokens
+            )
+            results |= {f"{task.name}.{k}": round(v, 6) for k, v in metrics.items()}
+            continue
         if task.type != "perplexity":
             rows = tasks.read_rows(task.uri, task.type, task.max_examples, config.endpoint_url)
             metrics, details[task.name] = tasks.run(
@@ -36,7 +44,7 @@ def evaluate(config: EvalConfig) -> dict:
             results |= {f"{task.name}.{k}": round(v, 6) for k, v in metrics.items()}
             continue
         reader = ShardReader(
-            config.dataset_uris[task.name], task.split, endpoint_url=config.endpoint_url
+            config.task_uris[task.name], task.split, endpoint_url=config.endpoint_url
         )
         figures = perplexity(model, reader, task.max_examples)
         details[task.name] = figures
@@ -53,6 +61,21 @@ def evaluate(config: EvalConfig) -> dict:
         "missed": missed,
         "samples": samples,
     }
+
+
+def _scorer(uri: str, tokenizer: Tokenizer, config: EvalConfig, task: str) -> Scorer:
+    """The reward model of a reward task; it must read the evaluated model's tokens."""
+    arch, state = hf.load(uri, config.endpoint_url)
+    fs, root = filesystem(uri, config.endpoint_url)
+    if "score.weight" not in state:
+        raise ValueError(f"tasks {task}: rewardModelRef's model has no score head")
+    if Tokenizer.from_str(fs.cat_file(join(root, hf.TOKENIZER)).decode()).to_str() != (
+        tokenizer.to_str()
+    ):
+        raise ValueError(f"tasks {task}: the reward model's tokenizer differs from the model's")
+    scorer = Scorer(arch)
+    scorer.load_state_dict(state)
+    return scorer.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

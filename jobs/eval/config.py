@@ -13,8 +13,9 @@ class EvalConfig(Model):
     model_uri: str
     """The model to evaluate: a Hugging Face Llama directory (what training exports)."""
     tasks: list[Task]
-    dataset_uris: dict[str, str] = Field(default_factory=dict)
-    """Task name -> the output URI of the Dataset it references."""
+    task_uris: dict[str, str] = Field(default_factory=dict)
+    """Task name -> the output URI of what it references: the Dataset of a perplexity task, the
+    RewardModel of a reward task."""
     thresholds: list[Threshold] = Field(default_factory=list)
     endpoint_url: str | None = None
     samples: list[str] = Field(default_factory=lambda: ["def ", "class ", "import "])

@@ -2,7 +2,8 @@
 of greedy generations against references, exact match, and multiple choice by log-likelihood.
 
 Rows: {"prompt", "reference"} for bleu, rouge and exactMatch; {"question", "choices", "answer"}
-for multipleChoice, where answer is the index of the right choice or its text.
+for multipleChoice, where answer is the index of the right choice or its text; {"prompt"} for
+reward, the mean score a reward model gives the greedy replies (and the references, if given).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from lmforge.jobs.generate import EOS, Sampling, generate
-from lmforge.jobs.model import Transformer
+from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import jsonl
 
 FIELDS = {
@@ -22,6 +23,7 @@ FIELDS = {
     "rouge": ("prompt", "reference"),
     "exactMatch": ("prompt", "reference"),
     "multipleChoice": ("question", "choices", "answer"),
+    "reward": ("prompt",),
 }
 
 
@@ -60,13 +62,46 @@ def generations(
     model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_new_tokens: int
 ) -> list[str]:
     """Greedy continuations of each prompt (what the server answers at temperature 0)."""
+    replies = greedy(model, tokenizer, rows, max_new_tokens)
+    return [tokenizer.decode(reply) for _, reply in replies]
+
+
+def greedy(
+    model: Transformer, tokenizer: Tokenizer, rows: list[dict], max_new_tokens: int
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, greedy reply ids) of each row; a long prompt keeps its end."""
     eos, context = tokenizer.token_to_id(EOS), model.arch.context_length
     out = []
     for row in rows:
         ids = tokenizer.encode(row["prompt"], add_special_tokens=False).ids
         ids = ids[-max(1, context - max_new_tokens) :]
-        out.append(tokenizer.decode(generate(model, ids, Sampling(max_new_tokens, 0.0), eos)))
+        out.append((ids, generate(model, ids, Sampling(max_new_tokens, 0.0), eos)))
     return out
+
+
+def reward(
+    model: Transformer, scorer: Scorer, tokenizer: Tokenizer, rows: list[dict], max_new_tokens: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The reward model's mean score of the greedy replies, read at each reply's last token as it
+    was trained; with references, theirs too and how often the reply scores at least as high."""
+    context = scorer.arch.context_length
+
+    def score(ids: list[int]) -> float:
+        ids = ids[-context:]
+        return float(scorer(torch.tensor([ids]), torch.tensor([len(ids) - 1]))[0])
+
+    replies = greedy(model, tokenizer, rows, max_new_tokens)
+    scores = [score(prompt + reply) for prompt, reply in replies]
+    metrics = {"reward": sum(scores) / len(scores)}
+    if all("reference" in r for r in rows):
+        encode = tokenizer.encode
+        theirs = [score(p + encode(r["reference"], add_special_tokens=False).ids)
+                  for (p, _), r in zip(replies, rows, strict=True)]  # fmt: skip
+        metrics["referenceReward"] = sum(theirs) / len(theirs)
+        metrics["winRate"] = sum(a >= b for a, b in zip(scores, theirs, strict=True)) / len(rows)
+    first = [{"prompt": r["prompt"], "output": tokenizer.decode(reply), "reward": s}
+             for r, (_, reply), s in zip(rows[:5], replies, scores, strict=False)]  # fmt: skip
+    return metrics, {"examples": len(rows), "first": first}
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> dict[str, float]:

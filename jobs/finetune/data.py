@@ -104,3 +104,41 @@ def encode(
         targets = np.array(ids[1:])
         rows[n, 1, : len(ids) - 1] = np.where(trained[1:], targets, IGNORE)
     return rows
+
+
+def read_prompts(uri: str, endpoint_url: str | None = None) -> list[tuple[str, list[dict]]]:
+    """(where, messages before the reply) of each row {"prompt"} or {"messages"}: what RLHF
+    generates replies to."""
+    found = []
+    for where, row in jsonl(uri, endpoint_url):
+        try:
+            if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
+                raise ExampleError("a row has prompt, or messages (the conversation so far)")
+            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+            if not isinstance(messages, list):
+                raise ExampleError("messages must be a list")
+            reply = {"role": "assistant", "content": ""}
+            found.append((where, read_row({"messages": [*messages, reply]})[:-1]))
+        except ExampleError as error:
+            raise ExampleError(f"{where}: {error}") from error
+    if not found:
+        raise ExampleError(f"{uri}: no prompts")
+    return found
+
+
+def encode_prompts(
+    prompts: list[tuple[str, list[dict]]], tokenizer: Tokenizer, length: int
+) -> np.ndarray:
+    """[prompts, length]: each prompt's ids as the server reads a chat request (the conversation,
+    then the assistant's header), padded with -1. A prompt must leave room for a reply."""
+    rows = np.full((len(prompts), length), -1, dtype=np.int64)
+    header = tokenizer.encode("<|assistant|>\n", add_special_tokens=False).ids
+    for n, (where, messages) in enumerate(prompts):
+        ids = tokens(messages, tokenizer)[0] + header
+        if len(ids) >= length:
+            raise ExampleError(
+                f"{where}: the prompt is {len(ids)} tokens; the model takes {length} with the"
+                " reply: shorten it or use a longer context"
+            )
+        rows[n, : len(ids)] = ids
+    return rows

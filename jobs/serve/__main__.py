@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ from .engine import Engine
 
 
 def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
-    """The model and its tokenizer from a Hugging Face Llama directory."""
+    """The model (for the runtime asked for) and its tokenizer from a Hugging Face Llama
+    directory. The onnx runtime exports the graph to a temporary folder at start."""
     arch, tensors = hf.load(config.model_uri, config.endpoint_url)
     model = Transformer(arch)
     model.load_state_dict(tensors)
@@ -29,6 +31,11 @@ def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
         model = model.to(torch.bfloat16)
     if config.quantization == "int8":
         model = quantize_int8(model)
+    if config.runtime == "onnx":
+        from .onnx import OnnxModel, export
+
+        path = export(model, Path(tempfile.mkdtemp(prefix="lmforge-onnx-")) / "model.onnx")
+        model = OnnxModel(path, arch)
     fs, root = filesystem(config.model_uri, config.endpoint_url)
     path = join(root, "tokenizer.json")
     if not fs.exists(path):
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--api-keys", help="a folder of API key files (default: open)")
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
+    parser.add_argument("--runtime", choices=["native", "onnx"], default="native")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             slots=args.slots,
             api_keys_dir=args.api_keys,
             quantization=args.quantization,
+            runtime=args.runtime,
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if config.audit_log:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lmforge.operator.api.base import Model
 from lmforge.operator.api.deployment import Limits, RateLimit, Safety
@@ -19,6 +19,9 @@ class ServeConfig(Model):
     slots: int = Field(default=16, ge=1, le=4096)
     """Sequences decoded together at most (the KV cache's rows); more requests wait in a queue."""
     dtype: Literal["fp32", "bf16"] = "fp32"
+    runtime: Literal["native", "onnx"] = "native"
+    """native: PyTorch; onnx: the model exported to an ONNX graph (with past keys and values),
+    run by onnxruntime (fp32)."""
     quantization: Literal["none", "int8"] = "none"
     """int8: dynamic quantization of every linear layer (int8 weights, activations quantized per
     batch at run time; fbgemm/onednn kernels on CPU)."""
@@ -33,3 +36,12 @@ class ServeConfig(Model):
     log_prompts: bool = False
     audit_log: str | None = None
     """A file for the audit log (JSON lines); stderr when unset."""
+
+    @model_validator(mode="after")
+    def _onnx_is_fp32(self) -> ServeConfig:
+        if self.runtime == "onnx" and (self.quantization != "none" or self.dtype != "fp32"):
+            raise ValueError(
+                "runtime onnx runs the fp32 graph: set quantization none (int8 is the native"
+                " runtime's) and dtype fp32"
+            )
+        return self

@@ -8,12 +8,13 @@ to change when something does not fit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import ValidationError
 
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import Model
-from lmforge.operator.api.finetune import Lora
+from lmforge.operator.api.finetune import Lora, Rl
 from lmforge.operator.api.training import Training
 
 
@@ -23,6 +24,10 @@ class ConfigError(ValueError):
 
 class TrainConfig(Model):
     name: str
+    method: Literal["pretrain", "sft", "reward", "dpo", "grpo"] = "pretrain"
+    """pretrain: next token on a Dataset; sft: on examples' replies; reward: a scoring head on
+    ranked preferences; dpo: the policy on ranked preferences against a frozen reference; grpo:
+    the policy on its own replies to prompts, scored by a reward model."""
     architecture: Architecture | None = None
     """The model to build; unset when fine-tuning (the base model's is used)."""
     training: Training
@@ -32,8 +37,21 @@ class TrainConfig(Model):
     """Fine-tuning: the model to start from, a Hugging Face Llama directory with its tokenizer."""
     examples_uri: str | None = None
     """Fine-tuning (SFT): jsonl examples (jobs/finetune/data.py)."""
+    preferences_uri: str | None = None
+    """reward and dpo: ranked responses (jobs/finetune/preferences.py), a file or a folder."""
     validation_fraction: float = 0.05
-    """Of the examples, held out for validation loss."""
+    """Of the examples or preferences, held out for validation."""
+    ranking_loss: Literal["bradleyTerry", "plackettLuce"] = "bradleyTerry"
+    """reward: over every ordered pair of a ranking, or the whole ranking."""
+    beta: float = 0.1
+    """dpo: the strength of the implicit KL constraint to the reference."""
+    reference_uri: str | None = None
+    """dpo: the frozen reference model; the base model when unset."""
+    prompts_uri: str | None = None
+    """grpo: jsonl rows {"prompt"} or {"messages"} to reply to."""
+    reward_model_uri: str | None = None
+    """grpo: the reward model that scores replies (a RewardModel's output)."""
+    rl: Rl = Rl()
     lora: Lora | None = None
     """Train LoRA adapters (merged into the exported model) instead of every weight."""
     checkpoint_uri: str
@@ -47,9 +65,24 @@ class TrainConfig(Model):
 
     def plan(self, world_size: int, sequence_length: int, vocab_size: int) -> Plan:
         t = self.training
-        if (self.dataset_uri is None) == (self.examples_uri is None):
-            raise ConfigError("set exactly one of datasetUri (pretraining) or examplesUri (SFT)")
-        if self.examples_uri and self.base_model_uri is None:
+        fields = {"pretrain": "datasetUri", "sft": "examplesUri", "grpo": "promptsUri"}
+        field = fields.get(self.method, "preferencesUri")
+        given = {
+            "datasetUri": self.dataset_uri,
+            "examplesUri": self.examples_uri,
+            "preferencesUri": self.preferences_uri,
+            "promptsUri": self.prompts_uri,
+        }
+        if given[field] is None or sum(uri is not None for uri in given.values()) != 1:
+            raise ConfigError(f"method {self.method} reads {field}, and no other data")
+        if self.method == "grpo":
+            if self.reward_model_uri is None:
+                raise ConfigError("method grpo needs spec.rewardModelRef")
+            if t.parallelism.strategy == "fsdp":
+                raise ConfigError(
+                    "method grpo: training.parallelism.strategy fsdp is not supported yet; use ddp"
+                )
+        if self.method != "pretrain" and self.base_model_uri is None:
             raise ConfigError("fine-tuning needs spec.baseModel")
         if self.lora and t.parallelism.strategy == "fsdp":
             raise ConfigError(

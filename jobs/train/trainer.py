@@ -31,10 +31,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.jobs import hf, sizing
 from lmforge.jobs.data.reader import ShardReader
-from lmforge.jobs.model import Transformer
+from lmforge.jobs.generate import EOS, Sampling
+from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import filesystem, join
 from lmforge.operator.api.training import Optimizer
 
+from . import objectives
 from .checkpoint import Checkpointer
 from .config import ConfigError, TrainConfig
 from .schedule import lr_multiplier
@@ -58,7 +60,7 @@ class Trainer:
             self.tokenizer_json = fs.cat_file(join(root, hf.TOKENIZER))
             self.base, config = tensors, config.model_copy(update={"architecture": arch})
             self.config = config
-        if config.examples_uri:
+        if config.method != "pretrain":
             if self.base is None:
                 raise ConfigError("fine-tuning needs spec.baseModel")
             self.data, self.validation_rows = self._examples()
@@ -72,14 +74,17 @@ class Trainer:
         self.arch = self.plan.architecture
         self.dtype = _autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)  # every rank builds the same initial weights
-        model = Transformer(self.arch)
+        model = Scorer(self.arch) if config.method == "reward" else Transformer(self.arch)
         if self.base is not None:
-            model.load_state_dict(self.base)
+            _load_base(model, self.base)
         if config.lora:
             from lmforge.jobs.finetune import lora
 
             model = lora.add(model, config.lora)
+            if config.method == "reward":  # a new head: trained in full
+                model.score.requires_grad_(True)
         self.model = self._parallelize(model)
+        self.objective = self._objective()
         self.optimizer = _adamw(self.model, t.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, self.plan.steps, t.schedule)
@@ -94,7 +99,7 @@ class Trainer:
 
     def _reader(self, split: str):
         """The Dataset's split, or the examples held out for validation."""
-        if self.config.examples_uri:
+        if self.config.method != "pretrain":
             from lmforge.jobs.data.reader import ArrayReader
 
             rows = self.data.rows if split == "train" else self.validation_rows
@@ -111,20 +116,27 @@ class Trainer:
         )
 
     def _examples(self):
-        """SFT rows of the examples (tokenized with the base model's tokenizer), split in train
-        and validation by a shuffle of the seed; the train rows as a reader."""
-        from tokenizers import Tokenizer
-
+        """The fine-tuning rows (examples, or ranked preferences, tokenized with the base model's
+        tokenizer), split in train and validation by a shuffle of the seed; the train rows as a
+        reader."""
         from lmforge.jobs.data.reader import ArrayReader
-        from lmforge.jobs.finetune import data
+        from lmforge.jobs.finetune import data, preferences
 
         c = self.config
-        tokenizer = Tokenizer.from_str(self.tokenizer_json.decode())
+        tokenizer = self._tokenizer()
+        length = c.architecture.context_length - 1
         try:
-            conversations = data.read(c.examples_uri, c.endpoint_url)
-            rows = data.encode(conversations, tokenizer, c.architecture.context_length - 1)
+            if c.method == "sft":
+                rows = data.encode(data.read(c.examples_uri, c.endpoint_url), tokenizer, length)
+            elif c.method == "grpo":
+                prompts = data.read_prompts(c.prompts_uri, c.endpoint_url)
+                rows = data.encode_prompts(prompts, tokenizer, length)
+            else:
+                rankings = preferences.read(c.preferences_uri, c.endpoint_url)
+                rows = preferences.encode(rankings, tokenizer, length)
         except ValueError as error:  # a bad row, named by its line
-            raise ConfigError(f"spec.data: {error}") from error
+            field = {"sft": "spec.data", "grpo": "spec.prompts"}.get(c.method, "spec.preferences")
+            raise ConfigError(f"{field}: {error}") from error
         order = np.random.default_rng(c.training.seed).permutation(len(rows))
         held = int(len(rows) * c.validation_fraction)
         train = ArrayReader(
@@ -142,10 +154,10 @@ class Trainer:
             raise ConfigError(f"training.microBatch: the training data has {error}") from error
         while self.step < self.plan.steps:
             started = time.perf_counter()
-            loss, grad_norm = self.train_step(batches)
+            figures, grad_norm = self.train_step(batches)
             self.step += 1
-            loss, stop = self.reduce(loss)
-            self.report(loss, grad_norm, time.perf_counter() - started)
+            figures, stop = self.reduce(figures)
+            self.report(figures, grad_norm, time.perf_counter() - started)
             last = self.step == self.plan.steps
             if self.step % self.config.training.validation.every_steps == 0 or last:
                 self.validate()
@@ -161,14 +173,16 @@ class Trainer:
         return 0
 
     def train_step(self, batches) -> tuple[torch.Tensor, float]:
+        """One optimizer step; the objective's figures (loss first) averaged over its
+        micro-batches, and the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros(len(self.objective.names), device=self.device)
         for micro in range(self.plan.accumulation):
-            inputs, targets = self._split(next(batches))
+            rows = self._tensor(next(batches))
             with self._sync_gradients(micro == self.plan.accumulation - 1), self._autocast():
-                _, loss = self.model(inputs, targets)
-            self.scaler.scale(loss / self.plan.accumulation).backward()
-            total += loss.detach()
+                figures = self.objective(self.model, rows)
+            self.scaler.scale(figures[0] / self.plan.accumulation).backward()
+            total += figures.detach().float()
         self.scaler.unscale_(self.optimizer)
         clip = self.config.training.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -178,14 +192,16 @@ class Trainer:
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         return total / self.plan.accumulation, float(norm)
 
-    def reduce(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """The mean loss over ranks, and whether any rank was asked to stop: one collective."""
-        stop = torch.tensor(float(self.stop_requested), device=loss.device)
-        both = torch.stack([loss.float(), stop])
+    def reduce(self, figures: torch.Tensor) -> tuple[dict[str, float], bool]:
+        """The figures' means over ranks, and whether any rank was asked to stop: one
+        collective."""
+        stop = torch.tensor([float(self.stop_requested)], device=figures.device)
+        both = torch.cat([figures, stop])
         dist.all_reduce(both)
-        return both[0].item() / self.world, both[1].item() > 0
+        means = (both[:-1] / self.world).tolist()
+        return dict(zip(self.objective.names, means, strict=True)), both[-1].item() > 0
 
-    def report(self, loss: float, grad_norm: float, seconds: float) -> None:
+    def report(self, figures: dict[str, float], grad_norm: float, seconds: float) -> None:
         tokens = self.config.training.global_batch_tokens
         rate = tokens / seconds
         peak = _peak_flops(self.device)
@@ -193,7 +209,7 @@ class Trainer:
             "step",
             step=self.step,
             totalSteps=self.plan.steps,
-            loss=round(loss, 6),
+            **{name: round(x, 6) for name, x in figures.items()},
             lr=self.scheduler.get_last_lr()[0],
             gradNorm=round(grad_norm, 6),
             tokens=self.step * tokens,
@@ -213,20 +229,19 @@ class Trainer:
             self.telemetry.event("validation", step=self.step, skipped=str(error))
             return
         self.model.eval()
-        total = torch.zeros(1)
+        total = torch.zeros(len(self.objective.names))
         for _ in range(v.batches):
             with self._autocast():
-                total += self.model(*self._split(next(batches)))[1].float().cpu()
+                total += self.objective(self.model, self._tensor(next(batches))).float().cpu()
         batches.close()
         dist.all_reduce(total)
-        loss = total.item() / (v.batches * self.world)
+        mean = (total / (v.batches * self.world)).tolist()
+        figures = dict(zip(self.objective.names, mean, strict=True))
         self.model.train()
-        self.telemetry.event(
-            "validation",
-            step=self.step,
-            loss=round(loss, 6),
-            perplexity=round(math.exp(min(loss, 50)), 4),
-        )
+        rounded = {k: round(x, 6) for k, x in figures.items()}
+        if self.config.method in ("pretrain", "sft"):
+            rounded["perplexity"] = round(math.exp(min(figures["loss"], 50)), 4)
+        self.telemetry.event("validation", step=self.step, **rounded)
 
     def save(self) -> None:
         started = time.perf_counter()
@@ -300,19 +315,77 @@ class Trainer:
                 )
         dist.barrier()
 
-    def _split(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets): from packed rows of L + 1 tokens, or from SFT rows [2, L] that hold
-        both (targets -100 where not trained on)."""
-        rows = torch.from_numpy(batch.astype(np.int64)).to(self.device)
-        return (rows[:, :-1], rows[:, 1:]) if rows.dim() == 2 else (rows[:, 0], rows[:, 1])
+    def _tensor(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(batch.astype(np.int64)).to(self.device)
+
+    def _objective(self):
+        c = self.config
+        if c.method == "reward":
+            return objectives.Reward(listwise=c.ranking_loss == "plackettLuce")
+        if c.method == "dpo":
+            return objectives.Dpo(self._reference(), c.beta)
+        if c.method == "grpo":
+            rl = c.rl
+            sampling = Sampling(rl.max_new_tokens, rl.temperature, rl.top_p)
+            eos = self._tokenizer().token_to_id(EOS)
+            return objectives.Grpo(self._reference(), self._scorer(), eos, rl.samples_per_prompt,
+                                   sampling, rl.kl_coef)  # fmt: skip
+        return objectives.LanguageModel()
+
+    def _tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.tokenizer_json.decode())
+
+    def _scorer(self) -> Scorer:
+        """GRPO's reward model, frozen: it must read the policy's tokens the policy's way."""
+        c = self.config
+        arch, tensors = hf.load(c.reward_model_uri, c.endpoint_url)
+        fs, root = filesystem(c.reward_model_uri, c.endpoint_url)
+        if "score.weight" not in tensors:
+            raise ConfigError(
+                "spec.rewardModelRef: its model has no score head (not a RewardModel)"
+            )
+        if fs.cat_file(join(root, hf.TOKENIZER)) != self.tokenizer_json:
+            raise ConfigError(
+                "spec.rewardModelRef: its tokenizer differs from the base model's; train the"
+                " reward model from the same base model (or one with the same tokenizer)"
+            )
+        if arch.context_length < self.arch.context_length:
+            raise ConfigError(
+                f"spec.rewardModelRef: its context ({arch.context_length}) is shorter than the"
+                f" policy's ({self.arch.context_length})"
+            )
+        scorer = Scorer(arch)
+        scorer.load_state_dict(tensors)
+        return scorer.to(self.device).eval().requires_grad_(False)
+
+    def _reference(self) -> torch.nn.Module:
+        """DPO's frozen reference: the base model, or spec.dpo.reference (same shape), whole on
+        every rank, in the training precision."""
+        c, tensors = self.config, self.base
+        if c.reference_uri:
+            arch, tensors = hf.load(c.reference_uri, c.endpoint_url)
+            if arch != self.arch:
+                raise ConfigError(
+                    "spec.dpo.reference: its architecture differs from the base model's; DPO"
+                    " compares the two on the same tokens, so use a model of the same shape"
+                )
+        reference = Transformer(self.arch)
+        _load_base(reference, tensors)
+        return reference.to(self.device).eval().requires_grad_(False)
 
     def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the shape, and the world it was sharded for."""
-        return {
+        """What a checkpoint must match to resume: the shape, what is trained, and the world it
+        was sharded for."""
+        identity = {
             "architecture": self.arch.wire(),
             "worldSize": self.world,
             "strategy": self.config.training.parallelism.strategy,
         }
+        if self.config.method != "pretrain":
+            identity["method"] = self.config.method
+        return identity
 
     def _parallelize(self, model: Transformer) -> torch.nn.Module:
         t = self.config.training
@@ -386,6 +459,20 @@ def _peak_flops(device: torch.device) -> float | None:
         peaks = (sizing.GPUS[k].bf16_tflops for k in model)
         return next((p * 1e12 for p in peaks), None)
     return None
+
+
+def _load_base(model: Transformer, tensors: dict[str, torch.Tensor]) -> None:
+    """The base model's weights; a Scorer built on a language model keeps its new head and
+    leaves the language-model head out."""
+    if isinstance(model, Scorer) and "score.weight" not in tensors:
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+        tensors["score.weight"] = model.score.weight.detach()
+    elif not isinstance(model, Scorer) and "score.weight" in tensors:
+        raise ConfigError(
+            "spec.baseModel: a reward model (a score head, no language-model head);"
+            " start from a language model"
+        )
+    model.load_state_dict(tensors)
 
 
 def _rng_state() -> dict[str, Any]:

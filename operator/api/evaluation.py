@@ -15,13 +15,16 @@ class Task(Model):
     """One measurement. Its metrics are reported as <name>.<metric>, e.g. ppl.perplexity."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
-    type: Literal["perplexity", "bleu", "rouge", "exactMatch", "multipleChoice"]
+    type: Literal["perplexity", "bleu", "rouge", "exactMatch", "multipleChoice", "reward"]
     dataset_ref: LocalRef | None = None
     """perplexity: the Dataset whose split is scored."""
+    reward_model_ref: LocalRef | None = None
+    """reward: the RewardModel that scores the model's greedy replies to the prompts."""
     split: Literal["validation", "train"] = "validation"
     uri: str | None = Field(default=None, pattern=URI_PATTERN)
-    """Other types: jsonl rows {"prompt", "reference"} (bleu, rouge, exactMatch) or
-    {"question", "choices", "answer"} (multipleChoice)."""
+    """Other types: jsonl rows {"prompt", "reference"} (bleu, rouge, exactMatch; reward, where
+    the reference is optional and scored too) or {"question", "choices", "answer"}
+    (multipleChoice)."""
     max_examples: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=64, ge=1, le=32768)
     stride: int | None = Field(default=None, ge=1)
@@ -34,6 +37,11 @@ class Task(Model):
             ".datasetRef",
         ),
         Rule("self.type == 'perplexity' || has(self.uri)", "this task type needs uri", ".uri"),
+        Rule(
+            "self.type != 'reward' || has(self.rewardModelRef)",
+            "type reward needs rewardModelRef",
+            ".rewardModelRef",
+        ),
     )
 
 

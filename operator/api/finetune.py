@@ -45,9 +45,11 @@ class Preferences(Model):
 
 
 class Prompts(Model):
-    """jsonl rows {"prompt"} to generate rollouts from, for PPO and GRPO."""
+    """jsonl rows {"prompt"} or {"messages"} to generate rollouts from, for GRPO."""
 
     uri: str = Field(pattern=URI_PATTERN)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Held out: validation reports the reward of replies to these."""
 
 
 class Dpo(Model):
@@ -58,16 +60,15 @@ class Dpo(Model):
 
 
 class Rl(Model):
-    """PPO / GRPO rollouts and the KL penalty to the reference (base) model."""
+    """GRPO's rollouts and the KL penalty to the reference (base) model. One update per rollout
+    (on-policy), so there is no ratio to clip."""
 
     kl_coef: float = Field(default=0.05, ge=0)
-    samples_per_prompt: int = Field(default=4, ge=1, le=256)
-    """Rollouts per prompt; GRPO's group size."""
+    samples_per_prompt: int = Field(default=4, ge=2, le=256)
+    """Rollouts per prompt: GRPO's group, whose mean and spread make each reply's advantage."""
     max_new_tokens: int = Field(default=128, ge=1, le=32768)
     temperature: float = Field(default=1.0, gt=0, le=10)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    clip_range: float = Field(default=0.2, gt=0, le=1)
-    epochs_per_rollout: int = Field(default=1, ge=1, le=64)
 
 
 class FineTuneSpec(TrainingWorkload):
@@ -106,12 +107,22 @@ class FineTuneSpec(TrainingWorkload):
     )
 
 
+class FineTuneStatus(TrainingStatus):
+    accuracy: float | None = None
+    """dpo: on held-out pairs, how often the implicit reward ranks the better response first."""
+    margin: float | None = None
+    """dpo: on held-out pairs, the log-probability margin of the better response over the worse,
+    minus the reference model's: how much more the model prefers what people preferred."""
+    reward: float | None = None
+    """grpo: the reward model's mean score of the replies to held-out prompts."""
+
+
 class FineTune(Resource):
     """A base model trained further: SFT (full or LoRA), DPO, or PPO/GRPO against a RewardModel."""
 
     kind: Literal["FineTune"] = "FineTune"
     spec: FineTuneSpec
-    status: TrainingStatus | None = None
+    status: FineTuneStatus | None = None
 
     plural: ClassVar = "finetunes"
     short_names: ClassVar = ("ft",)
@@ -120,5 +131,7 @@ class FineTune(Resource):
         Column("Phase", ".status.phase"),
         Column("Step", ".status.progress"),
         Column("Loss", ".status.loss", "number"),
+        Column("Margin", ".status.margin", "number", priority=1),
+        Column("Reward", ".status.reward", "number", priority=1),
         Column("Restarts", ".status.restarts", "integer", priority=1),
     )

@@ -13,6 +13,8 @@ class Reference(NamedTuple):
     """Where the reference is, e.g. spec.baseModel.fineTuneRef."""
     kind: str
     name: str
+    output: str | None = None
+    """Which of the referenced resource's outputs (by kind); its first when unset."""
 
 
 def _model_source(field: str, source: ModelSource | None) -> list[Reference]:
@@ -33,7 +35,7 @@ def references(resource: Resource) -> list[Reference]:
         refs += _model_source("spec.baseModel", spec.base_model)
         if spec.preferences and spec.preferences.deployment_ref:
             name = spec.preferences.deployment_ref.name
-            refs.append(Reference("spec.preferences.deploymentRef", "Deployment", name))
+            refs.append(Reference("spec.preferences.deploymentRef", "Deployment", name, "Feedback"))
     if resource.kind == "FineTune":
         refs += _model_source("spec.dpo.reference", spec.dpo.reference)
         if spec.reward_model_ref:
@@ -46,6 +48,9 @@ def references(resource: Resource) -> list[Reference]:
                 refs.append(
                     Reference(f"spec.tasks[{i}].datasetRef", "Dataset", task.dataset_ref.name)
                 )
+            if task.reward_model_ref:
+                name = task.reward_model_ref.name
+                refs.append(Reference(f"spec.tasks[{i}].rewardModelRef", "RewardModel", name))
     if resource.kind == "Deployment" and spec.evaluation_ref:
         refs.append(Reference("spec.evaluationRef", "Evaluation", spec.evaluation_ref.name))
     return refs

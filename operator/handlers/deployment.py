@@ -53,7 +53,7 @@ def reconcile(api: Kube, kind: Kind, obj: dict[str, Any], traceparent: str | Non
         ]
         status["lineage"] = {
             "inputs": inputs,
-            "outputs": [{"uri": status["endpoint"]}],
+            "outputs": render.outputs(status["endpoint"], config),
             "image": image,
         }
     patch = status_patch(previous, status)

@@ -23,18 +23,6 @@ def main_pod(pods: tuple[PodState, ...], previous: dict[str, Any]) -> tuple[PodS
     return (newest, render.MAIN) if newest else None
 
 
-def _dataset_uris(evaluation: Evaluation, deps: Dependencies) -> dict[str, str] | None:
-    """Task name -> the referenced Dataset's output; None until every one resolved."""
-    uris = {}
-    for i, task in enumerate(evaluation.spec.tasks):
-        if task.dataset_ref:
-            found = deps.outputs.get(f"spec.tasks[{i}].datasetRef")
-            if found is None:
-                return None
-            uris[task.name] = found["uri"]
-    return uris
-
-
 def build(
     evaluation: Evaluation,
     owner: Owner,
@@ -52,10 +40,10 @@ def build(
     def decide(observed: Observed) -> Plan:
         return decide_job(observed, render.MAIN, names, finish)
 
-    model, datasets = deps.outputs.get("spec.modelRef"), _dataset_uris(evaluation, deps)
-    if model is None or datasets is None:
+    model, inputs = deps.outputs.get("spec.modelRef"), render.task_inputs(evaluation, deps.outputs)
+    if model is None or inputs is None:
         return Work(decide, None, main_pod)
-    config = render.evaluation_config(evaluation, model["uri"], datasets, store)
+    config = render.evaluation_config(evaluation, model["uri"], inputs, store)
     image = evaluation.spec.resources.image or settings.defaults.image
     output = render.results_uri(evaluation, store)
 
@@ -64,7 +52,7 @@ def build(
             owner, evaluation, config, attempt, settings.defaults, store, traceparent
         )
 
-    lineage = render.lineage(evaluation, model["uri"], datasets, output, image)
+    lineage = render.lineage(evaluation, model["uri"], inputs, output, image)
     return Work(decide, children, main_pod, lineage)
 
 

@@ -21,6 +21,7 @@ def write(state: State) -> Path:
             "Dataset": _dataset,
             "PretrainJob": _model,
             "FineTune": _model,
+            "RewardModel": _model,
             "Evaluation": _evaluation,
         }.get(kind, lambda *a: "")(state, obj, folder)
         phase = obj["status"].get("phase", "")
@@ -123,6 +124,15 @@ def _model_card(state: State, obj: dict) -> str:
         ("final loss", status.get("loss")),
         ("validation loss", status.get("validationLoss")),
         ("steps", status.get("progress")),
+        *(
+            (label, status[field])
+            for field, label in (
+                ("accuracy", "held-out pairwise accuracy"),
+                ("margin", "held-out log-prob margin over the reference"),
+                ("reward", "held-out reward"),
+            )
+            if status.get(field) is not None
+        ),
         ("last checkpoint", (status.get("lastCheckpoint") or {}).get("uri")),
         ("spec digest", obj["metadata"]["annotations"].get("lmforge.dev/spec-digest")),
     ]

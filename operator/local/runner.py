@@ -27,6 +27,7 @@ from ..api import conditions as c
 from ..api.references import references
 from ..api.resource import Resource
 from ..render.inputs import READY_PHASES
+from ..render.progress import apply_training_events, latest
 from .state import DIGEST, State, now, set_condition
 
 
@@ -191,24 +192,27 @@ def pretrain_stage(runner: Runner, resource: Resource, status: dict, save: Save)
 
 
 def finetune_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
+    """FineTune (sft, dpo) and RewardModel: the trainer from the base model."""
     from ..render.names import RenderError
-    from ..render.training import finetune_config
+    from ..render.training import finetune_config, finetune_inputs, finetune_lineage
 
-    spec, run_dir = resource.spec, runner.run_dir(resource)
-    source, base = spec.base_model, {}
-    for kind, ref in (("PretrainJob", source.pretrain_job_ref), ("FineTune", source.fine_tune_ref)):
-        if ref is not None:
-            base = {"uri": runner.output_of(kind, ref.name), "kind": kind, "name": ref.name}
-    base = base or {"uri": source.uri}
+    inputs = finetune_inputs(resource, _outputs(runner, resource))
     try:
-        config = finetune_config(resource, base["uri"], _store(runner, resource))
+        config = finetune_config(resource, inputs, _store(runner, resource))
     except RenderError as error:
         raise StageError(str(error)) from error
-    status["lineage"] = {
-        "inputs": [base, {"uri": spec.data.uri}],
-        "outputs": [{"uri": config["outputUri"], "kind": "Model"}],
-    }
+    status["lineage"] = finetune_lineage(inputs, config, None)
+    run_dir = runner.run_dir(resource)
     _train(runner, resource, _torchrun(resource, run_dir, config), run_dir, status, save)
+
+
+def _outputs(runner: Runner, resource: Resource) -> dict[str, dict]:
+    """Field -> the output of each reference (each has succeeded: the graph ran it first)."""
+    outputs = {}
+    for ref in references(resource):
+        found = runner.state.get(ref.kind, ref.name)["status"]["lineage"]["outputs"]
+        outputs[ref.field] = next(o for o in found if ref.output in (None, o.get("kind")))
+    return outputs
 
 
 def _store(runner: Runner, resource: Resource):
@@ -278,40 +282,24 @@ def _follow(runner: Runner, bar, path: Path, offset: int, status: dict, save: Sa
         stream.seek(offset)
         lines = stream.readlines()
         offset = stream.tell()
-    for event in map(json.loads, lines):
-        kind = event["event"]
-        if kind == "step":
-            status |= {
-                "step": event["step"],
-                "totalSteps": event["totalSteps"],
-                "progress": f"{event['step']}/{event['totalSteps']}",
-                "loss": event["loss"],
-                "tokens": event["tokens"],
-                "tokensPerSecond": event["tokensPerSecond"],
-            }
-            info = f"loss {event['loss']:.3f}  {event['tokensPerSecond']:,.0f} tok/s"
-            runner.progress.update(
-                bar, completed=event["step"], total=event["totalSteps"], info=info
-            )
-        elif kind == "checkpoint":
-            status["lastCheckpoint"] = {"step": event["step"], "uri": event["uri"], "time": now()}
-            status.setdefault("lineage", {})["parentCheckpoint"] = event["uri"]
-        elif kind == "validation" and "loss" in event:
-            status["validationLoss"] = event["loss"]
+    events = [json.loads(line) for line in lines]
+    status.update(apply_training_events(status, events))
+    step = latest(events, "step")
+    if step:
+        info = f"loss {step['loss']:.3f}  {step['tokensPerSecond']:,.0f} tok/s"
+        runner.progress.update(bar, completed=step["step"], total=step["totalSteps"], info=info)
     if lines:
         save()
     return offset
 
 
 def evaluation_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
-    from ..render.evaluation import evaluation_config
+    from ..render.evaluation import evaluation_config, lineage, task_inputs
 
     spec, run_dir = resource.spec, runner.run_dir(resource)
     model = runner.output_of(spec.model_ref.kind, spec.model_ref.name)
-    datasets = {
-        t.name: runner.output_of("Dataset", t.dataset_ref.name) for t in spec.tasks if t.dataset_ref
-    }
-    config = evaluation_config(resource, model, datasets, _store(runner, resource))
+    inputs = task_inputs(resource, _outputs(runner, resource))
+    config = evaluation_config(resource, model, inputs, _store(runner, resource))
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     bar = runner.progress.add_task(f"Evaluation/{resource.metadata.name}", total=None, info="")
     command = [
@@ -334,11 +322,7 @@ def evaluation_stage(runner: Runner, resource: Resource, status: dict, save: Sav
             f"{k}={v:.4g}" for k, v in report["results"].items() if k.endswith("perplexity")
         ),
     }
-    status["lineage"] = {
-        "inputs": [{"uri": model, "kind": spec.model_ref.kind, "name": spec.model_ref.name}]
-        + [{"uri": u, "kind": "Dataset"} for u in datasets.values()],
-        "outputs": [{"uri": (run_dir / "results.json").as_uri()}],
-    }
+    status["lineage"] = lineage(resource, model, inputs, (run_dir / "results.json").as_uri(), None)
     runner.progress.update(bar, completed=1, total=1, info=status["summary"])
     if not report["passed"]:
         set_condition(status, c.FAILED, True, c.GATE_FAILED, "; ".join(report["missed"]))
@@ -348,7 +332,7 @@ def evaluation_stage(runner: Runner, resource: Resource, status: dict, save: Sav
 def deployment_stage(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
     """`lmforge serve` in the background on a free port from 8000, up once it has answered a
     chat request; `lmforge run` keeps it serving after the last stage (see cli.run_command)."""
-    from ..render.deployment import model_digest, serve_config
+    from ..render.deployment import model_digest, outputs, serve_config
     from ..render.names import RenderError
 
     spec, name, run_dir = resource.spec, resource.metadata.name, runner.run_dir(resource)
@@ -395,7 +379,7 @@ def deployment_stage(runner: Runner, resource: Resource, status: dict, save: Sav
     }
     status["lineage"] = {
         "inputs": [{"uri": model, "kind": spec.model_ref.kind, "name": spec.model_ref.name}],
-        "outputs": [{"uri": endpoint}],
+        "outputs": outputs(endpoint, config),
     }
     runner.progress.update(bar, completed=1, total=1, info=endpoint)
 
@@ -443,15 +427,11 @@ def _first_answer(process: subprocess.Popen, endpoint: str, model: str, log: Pat
     raise StageError(f"the server did not answer within 180 s (log: {log})")
 
 
-def not_yet(runner: Runner, resource: Resource, status: dict, save: Save) -> None:
-    raise StageError(f"this version of `lmforge run` cannot run a {resource.kind} yet")
-
-
 STAGES = {
     "Dataset": dataset_stage,
     "PretrainJob": pretrain_stage,
     "Evaluation": evaluation_stage,
     "FineTune": finetune_stage,
-    "RewardModel": not_yet,
+    "RewardModel": finetune_stage,
     "Deployment": deployment_stage,
 }

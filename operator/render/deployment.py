@@ -39,8 +39,10 @@ def config_name(name: str) -> str:
 def serve_config(deployment: Deployment, model_uri: str, store: StorageSettings) -> dict:
     """The server's ServeConfig, with the same fields `lmforge run` writes."""
     spec = deployment.spec
-    if spec.runtime == "onnx":
-        raise RenderError("spec.runtime", "onnx is not available in this version yet: use native")
+    if spec.runtime == "onnx" and spec.quantization != "none":
+        raise RenderError(
+            "spec.quantization", "int8 is the native runtime's; runtime onnx runs the fp32 graph"
+        )
     feedback = spec.feedback.uri or f"{deployment.artifact_uri(store.uri)}/feedback"
     return {
         "modelUri": model_uri,
@@ -53,7 +55,17 @@ def serve_config(deployment: Deployment, model_uri: str, store: StorageSettings)
         "feedbackUri": feedback if spec.feedback.enabled else None,
         "logPrompts": spec.log_prompts,
         "quantization": spec.quantization,
+        "runtime": spec.runtime,
     }
+
+
+def outputs(endpoint: str | None, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.lineage.outputs: the endpoint, and the preference feedback it records (what a
+    RewardModel or FineTune's spec.preferences.deploymentRef reads)."""
+    found = [{"uri": endpoint}]
+    if config.get("feedbackUri"):
+        found.append({"uri": f"{config['feedbackUri']}/preferences", "kind": "Feedback"})
+    return found
 
 
 def model_digest(model: dict[str, Any], config: dict[str, Any]) -> str:

@@ -38,14 +38,14 @@ def results_uri(evaluation: Evaluation, store: StorageSettings) -> str:
 
 
 def evaluation_config(
-    evaluation: Evaluation, model_uri: str, dataset_uris: dict[str, str], store: StorageSettings
+    evaluation: Evaluation, model_uri: str, task_uris: dict[str, str], store: StorageSettings
 ) -> dict[str, Any]:
     """The job's EvalConfig, with the same fields the local runner writes."""
     spec = evaluation.spec
     return {
         "name": evaluation.metadata.name,
         "modelUri": model_uri,
-        "datasetUris": dataset_uris,
+        "taskUris": task_uris,
         "tasks": [t.wire() for t in spec.tasks],
         "thresholds": [t.wire() for t in spec.thresholds],
         "endpointUrl": store.endpoint_url,
@@ -94,12 +94,31 @@ def finish(status: dict[str, Any], summary: dict[str, Any] | None) -> Failure | 
 
 
 def lineage(
-    evaluation: Evaluation, model_uri: str, dataset_uris: dict[str, str], output: str, image: str
+    evaluation: Evaluation,
+    model_uri: str,
+    task_uris: dict[str, str],
+    output: str,
+    image: str | None,
 ) -> dict[str, Any]:
     ref = evaluation.spec.model_ref
+    kinds = {t.name: "Dataset" if t.dataset_ref else "RewardModel" for t in evaluation.spec.tasks}
     return {
         "inputs": [{"uri": model_uri, "kind": ref.kind, "name": ref.name}]
-        + [{"uri": u, "kind": "Dataset"} for u in dataset_uris.values()],
+        + [{"uri": u, "kind": kinds[task]} for task, u in task_uris.items()],
         "outputs": [{"uri": output}],
-        "image": image,
+        **({"image": image} if image else {}),
     }
+
+
+def task_inputs(evaluation: Evaluation, outputs: dict[str, dict]) -> dict[str, str] | None:
+    """Task name -> the output URI of the Dataset or RewardModel it references, from `outputs`
+    (field -> output of each ready reference); None until every one resolved."""
+    uris = {}
+    for i, task in enumerate(evaluation.spec.tasks):
+        field = "datasetRef" if task.dataset_ref else "rewardModelRef"
+        if task.dataset_ref or task.reward_model_ref:
+            found = outputs.get(f"spec.tasks[{i}].{field}")
+            if found is None:
+                return None
+            uris[task.name] = found["uri"]
+    return uris

@@ -52,8 +52,10 @@ def _check(ref: Reference, obj: dict[str, Any] | None) -> tuple[str, str | dict[
     if phase != READY_PHASES[ref.kind]:
         return "wait", f"{what} is {phase or 'not started'}"
     outputs = (status.get("lineage") or {}).get("outputs") or []
+    outputs = [o for o in outputs if ref.output in (None, o.get("kind"))]
     if not outputs:
-        return "fail", f"{what} is {phase} but records no output in status.lineage.outputs"
+        wanted = f"no {ref.output} output" if ref.output else "no output"
+        return "fail", f"{what} is {phase} but records {wanted} in status.lineage.outputs"
     return "ready", outputs[0]
 
 

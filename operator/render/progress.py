@@ -55,6 +55,13 @@ def apply_training_events(status: dict[str, Any], events: list[dict[str, Any]]) 
             for field in ("loss", "tokens", "tokensPerSecond"):
                 if event.get(field) is not None:
                     out[field] = event[field]
+        elif kind == "validation" and event.get("loss") is not None:
+            out["validationLoss"] = event["loss"]
+            for field in ("accuracy", "reward"):
+                if event.get(field) is not None:
+                    out[field] = event[field]
+            if event.get("referenceMargin") is not None:  # dpo
+                out["margin"] = round(event["margin"] - event["referenceMargin"], 6)
         elif kind in ("start", "resume"):
             _position(out, event.get("step", 0), event.get("totalSteps"))
         elif kind == "checkpoint":

@@ -1,8 +1,8 @@
 """A training-type resource as a gang: N worker pods running torchrun, a headless Service for
 rendezvous, and the job's config as a ConfigMap.
 
-PretrainJob builds its config here; FineTune and RewardModel will build theirs and share
-`gang()`, which knows nothing about what is trained.
+PretrainJob, FineTune and RewardModel build their configs here and share `gang()`, which knows
+nothing about what is trained.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 from ..api.finetune import FineTune
 from ..api.pretrainjob import PretrainJob
+from ..api.references import references
+from ..api.rewardmodel import RewardModel
 from ..api.training import TrainingWorkload
 from .names import Owner, RenderError, check_child_name, metadata
 from .pods import (
@@ -62,7 +64,7 @@ def pretrain_config(job: PretrainJob, dataset_uri: str, store: StorageSettings) 
     }
 
 
-def _run(job: PretrainJob | FineTune, store: StorageSettings) -> dict[str, Any]:
+def _run(job: PretrainJob | FineTune | RewardModel, store: StorageSettings) -> dict[str, Any]:
     """What every training config has: name, schedule, outputs and the gang's shape."""
     spec, artifact = job.spec, job.artifact_uri(store.uri)
     return {
@@ -78,20 +80,80 @@ def _run(job: PretrainJob | FineTune, store: StorageSettings) -> dict[str, Any]:
     }
 
 
-def finetune_config(job: FineTune, base_uri: str, store: StorageSettings) -> dict[str, Any]:
-    """The trainer's TrainConfig for supervised fine-tuning (method sft), as the local runner
-    writes it too; the base model gives the architecture and the tokenizer."""
+def finetune_inputs(job: FineTune | RewardModel, outputs: dict[str, dict]) -> dict | None:
+    """What a FineTune or RewardModel reads, by spec field (spec.baseModel, spec.data,
+    spec.preferences, spec.dpo.reference): {"uri"}, and for a referenced resource its kind, name
+    and digest. `outputs` is field -> output of each ready reference (render/inputs.resolve);
+    None while one is not ready."""
+    found = {}
+    for ref in references(job):
+        if ref.field not in outputs:
+            return None
+        output = outputs[ref.field]
+        where = ref.field.rsplit(".", 1)[0] if ref.field.count(".") > 1 else ref.field
+        found[where] = {"uri": output["uri"], "kind": ref.kind, "name": ref.name}
+        found[where] |= {"digest": output["digest"]} if output.get("digest") else {}
     spec = job.spec
-    if spec.method != "sft":
+    sources = {"spec.baseModel": spec.base_model, "spec.preferences": spec.preferences}
+    if job.kind == "FineTune":
+        sources |= {"spec.data": spec.data, "spec.dpo.reference": spec.dpo.reference,
+                    "spec.prompts": spec.prompts}  # fmt: skip
+    found |= {f: {"uri": s.uri} for f, s in sources.items() if s is not None and s.uri}
+    used = {
+        "sft": ("spec.data",),
+        "dpo": ("spec.preferences", "spec.dpo.reference"),
+        "ppo": ("spec.prompts", "spec.rewardModelRef"),
+        "grpo": ("spec.prompts", "spec.rewardModelRef"),
+    }.get(getattr(spec, "method", None), ("spec.preferences",))
+    return {f: i for f, i in found.items() if f == "spec.baseModel" or f in used}
+
+
+def finetune_config(
+    job: FineTune | RewardModel, inputs: dict[str, dict], store: StorageSettings
+) -> dict[str, Any]:
+    """The trainer's TrainConfig for a FineTune (sft, dpo, grpo) or a RewardModel, as the local
+    runner writes it too, from its inputs (finetune_inputs); the base model gives the
+    architecture and the tokenizer."""
+    spec = job.spec
+    if job.kind == "RewardModel":
+        method = {"method": "reward", "rankingLoss": spec.loss}
+    elif spec.method == "sft":
+        method = {"method": "sft", "examplesUri": inputs["spec.data"]["uri"],
+                  "validationFraction": spec.data.validation_fraction}  # fmt: skip
+    elif spec.method == "dpo":
+        method = {"method": "dpo", "beta": spec.dpo.beta}
+        if "spec.dpo.reference" in inputs:
+            method["referenceUri"] = inputs["spec.dpo.reference"]["uri"]
+    elif spec.method == "grpo":
+        method = {
+            "method": "grpo",
+            "promptsUri": inputs["spec.prompts"]["uri"],
+            "rewardModelUri": inputs["spec.rewardModelRef"]["uri"],
+            "rl": spec.rl.wire(),
+            "validationFraction": spec.prompts.validation_fraction,
+        }
+    else:
         raise RenderError(
-            "spec.method", f"{spec.method} is not available in this version yet: use sft"
+            "spec.method",
+            f"{spec.method} is not available in this version: use grpo (a group of replies per"
+            " prompt takes the place of PPO's value model)",
         )
+    if method["method"] in ("reward", "dpo"):
+        method |= {"preferencesUri": inputs["spec.preferences"]["uri"],
+                   "validationFraction": spec.preferences.validation_fraction}  # fmt: skip
     return {
-        "baseModelUri": base_uri,
-        "examplesUri": spec.data.uri,
-        "validationFraction": spec.data.validation_fraction,
-        **({"lora": spec.lora.wire()} if spec.lora else {}),
+        "baseModelUri": inputs["spec.baseModel"]["uri"],
+        **method,
+        **({"lora": spec.lora.wire()} if getattr(spec, "lora", None) else {}),
         **_run(job, store),
+    }
+
+
+def finetune_lineage(inputs: dict[str, dict], config: dict[str, Any], image: str | None) -> dict:
+    return {
+        "inputs": list(inputs.values()),
+        "outputs": [{"uri": config["outputUri"], "kind": "Model"}],
+        **({"image": image} if image else {}),
     }
 
 

@@ -13,14 +13,10 @@ import pytest
 import s3fs
 from kubeapi import Api, ApiError
 
+from lmforge.operator.api import KINDS
+
 GROUP = "/apis/lmforge.dev/v1alpha1"
-PLURALS = {
-    "Dataset": "datasets",
-    "PretrainJob": "pretrainjobs",
-    "FineTune": "finetunes",
-    "Evaluation": "evaluations",
-    "Deployment": "deployments",
-}
+PLURALS = {kind: model.plural for kind, model in KINDS.items()}
 SEQUENCE = 33
 TRAIN_SECONDS = 300  # a gang's start, 12 tiny steps and the export, on a busy 2-core machine
 FINALIZER = "lmforge.dev/finalizer"

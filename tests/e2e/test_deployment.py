@@ -1,7 +1,7 @@
-"""A FineTune and a Deployment on the operator: SFT of a PretrainJob's model, then a Deployment
-that waits while its Evaluation gate has failed (nothing rolls out, the reason in status), and
-one whose gate passed, which becomes Available and answers a chat request from the official
-`openai` client.
+"""Post-training and a Deployment on the operator: SFT of a PretrainJob's model; from it a
+RewardModel, DPO, and GRPO against that RewardModel; then a Deployment that waits while its
+Evaluation gate has failed (nothing rolls out, the reason in status), and one whose gate passed,
+which becomes Available and answers a chat request from the official `openai` client.
 
 The test node has no kube-proxy (ClusterIPs do not route), so the client pod talks to the
 server pod's IP; the Service is checked as an object."""
@@ -46,6 +46,23 @@ def finetune(name: str, examples: str, store: dict) -> dict:
     }  # fmt: skip
 
 
+def post_training(kind: str, name: str, store: dict, **spec) -> dict:
+    """A RewardModel or FineTune from the SFT model: 1 pod x 1 process, a few steps."""
+    return {
+        "apiVersion": "lmforge.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"fineTuneRef": {"name": "sft"}},
+            "training": {"steps": 3, "globalBatchTokens": 64, "microBatch": 1,
+                         "checkpoint": {"everySteps": 2}, "validation": {"batches": 1}},
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "storage": store,
+            **spec,
+        },
+    }  # fmt: skip
+
+
 def evaluation(name: str, store: dict, max_perplexity: float, model: dict) -> dict:
     return {
         "apiVersion": "lmforge.dev/v1alpha1",
@@ -79,17 +96,30 @@ def deployment(name: str, gate: str, store: dict, model: dict) -> dict:
 def test_finetune_gate_blocks_rollout_and_a_passing_one_serves_chat(
     cluster, namespace, s3, s3_endpoint, operator
 ):
-    """PretrainJob -> FineTune (sft) -> Evaluation -> Deployment, and a failing gate."""
+    """PretrainJob -> FineTune (sft) -> RewardModel, FineTune (dpo), FineTune (grpo);
+    FineTune (sft) -> Evaluation -> Deployment, and a failing gate."""
     api = Api(cluster.kubeconfig)
     store = storage(s3.bucket, s3.endpoint, s3.secret)
-    rows = [{"prompt": f"def f{i}():", "response": f"    return {i}"} for i in range(8)]
-    examples = f"{s3.bucket}/sft.jsonl"
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe(examples, text.encode())
+    files = {
+        "sft": [{"prompt": f"def f{i}():", "response": f"    return {i}"} for i in range(8)],
+        "preferences": [{"prompt": f"def f{i}():", "chosen": f"    return {i}",
+                         "rejected": "    pass"} for i in range(8)],
+        "prompts": [{"prompt": f"def f{i}():"} for i in range(8)],
+    }  # fmt: skip
+    for name, rows in files.items():
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe(f"{s3.bucket}/{name}.jsonl", text.encode())
+    examples, preferences = f"{s3.bucket}/sft.jsonl", {"uri": f"{s3.bucket}/preferences.jsonl",
+                                                       "validationFraction": 0.25}  # fmt: skip
     base, tuned = {"kind": "PretrainJob", "name": "base"}, {"kind": "FineTune", "name": "sft"}
     cluster.apply(
         dataset("corpus", store), pretrainjob("base", "corpus", store, steps=6),
         finetune("sft", examples, store),
+        post_training("RewardModel", "rm", store, preferences=preferences),
+        post_training("FineTune", "dpo", store, method="dpo", preferences=preferences),
+        post_training("FineTune", "grpo", store, method="grpo", rewardModelRef={"name": "rm"},
+                      prompts={"uri": f"{s3.bucket}/prompts.jsonl", "validationFraction": 0.25},
+                      rl={"samplesPerPrompt": 2, "maxNewTokens": 4}),
         evaluation("strict", store, 1.0, base), evaluation("lenient", store, 1e9, tuned),
         deployment("blocked", "strict", store, base), deployment("chat", "lenient", store, tuned),
         namespace=namespace,
@@ -146,3 +176,15 @@ def test_finetune_gate_blocks_rollout_and_a_passing_one_serves_chat(
     cluster.wait("pod/ask", "jsonpath={.status.phase}=Succeeded", namespace, SERVER_SECONDS)
     said = json.loads(cluster.logs(namespace, "ask").strip().splitlines()[-1])
     assert said["role"] == "assistant" and 1 <= said["tokens"] <= 8
+
+    # From the SFT model: a reward model, DPO, and GRPO scored by that reward model.
+    rm = wait_phase(api, "RewardModel", namespace, "rm", "Succeeded", TRAIN_SECONDS)["status"]
+    assert rm["progress"] == "3/3" and 0 <= rm["accuracy"] <= 1
+    assert rm["lineage"]["inputs"][0]["kind"] == "FineTune"
+    dpo = wait_phase(api, "FineTune", namespace, "dpo", "Succeeded", TRAIN_SECONDS)["status"]
+    assert dpo["progress"] == "3/3" and "margin" in dpo and "accuracy" in dpo
+    grpo = wait_phase(api, "FineTune", namespace, "grpo", "Succeeded", TRAIN_SECONDS)["status"]
+    assert grpo["progress"] == "3/3" and isinstance(grpo["reward"], float)
+    assert {"uri": f"{s3.bucket}/rewardmodel/rm/model", "kind": "RewardModel", "name": "rm"} in [
+        {k: i[k] for k in ("uri", "kind", "name") if k in i} for i in grpo["lineage"]["inputs"]
+    ]

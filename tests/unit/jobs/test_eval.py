@@ -97,3 +97,45 @@ def test_the_job_reports_every_task_and_its_gate(model_dir, tmp_path, capsys):
     assert report["missed"] == [
         f"mc.accuracy = {report['results']['mc.accuracy']:.4g} is below the minimum 2"
     ]
+
+
+def test_reward_task_scores_greedy_replies_and_references(loaded, model_dir, tmp_path):
+    """The job's reward task: the reward model's score of each greedy reply at its last token,
+    computed here by hand with the same Scorer; the references scored the same way."""
+    from lmforge.jobs import hf
+    from lmforge.jobs.model import Scorer
+
+    model, tokenizer = loaded
+    arch, tensors = hf.load(model_dir)
+    torch.manual_seed(5)
+    scorer = Scorer(arch)
+    scorer.load_state_dict({k: v for k, v in tensors.items() if k != "lm_head.weight"}
+                           | {"score.weight": torch.randn(1, arch.d_model)})  # fmt: skip
+    hf.export(scorer, arch, tmp_path / "rm", tokenizer_json_path=model_dir / "tokenizer.json")
+    expected = []
+    with torch.no_grad():
+        for row in ROWS:
+            ids = tokenizer.encode(row["prompt"], add_special_tokens=False).ids
+            reply = generate(
+                model, ids, Sampling(6, temperature=0), tokenizer.token_to_id("<|eos|>")
+            )
+            ref = tokenizer.encode(row["reference"], add_special_tokens=False).ids
+            mine, theirs = (scorer(torch.tensor([ids + x]), torch.tensor([len(ids + x) - 1]))
+                            for x in (reply, ref))  # fmt: skip
+            expected.append((mine.item(), theirs.item()))
+    config = EvalConfig.model_validate({
+        "name": "e", "modelUri": str(model_dir), "samples": [],
+        "taskUris": {"rm": str(tmp_path / "rm")},
+        "tasks": [{"name": "rm", "type": "reward", "uri": write(tmp_path / "p.jsonl", ROWS),
+                   "rewardModelRef": {"name": "x"}, "maxNewTokens": 6}],
+    })  # fmt: skip
+    (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+    assert main(["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert results["rm.reward"] == pytest.approx(sum(m for m, _ in expected) / 3, abs=1e-5)
+    assert results["rm.referenceReward"] == pytest.approx(sum(t for _, t in expected) / 3, abs=1e-5)
+    assert results["rm.winRate"] == round(sum(m >= t for m, t in expected) / 3, 6)
+    # A model that is not a reward model is refused, naming the task.
+    config.task_uris["rm"] = str(model_dir)
+    (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+    assert main(["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "r.json")]) == 2

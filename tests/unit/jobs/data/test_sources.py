@@ -83,3 +83,35 @@ def test_stdlib_filesystem_is_the_standard_library_without_site_packages():
     everything = sources.list_files([Source(uri="stdlib://**/*.py")])
     assert len(everything) > 500
     assert not [f for f in everything if "site-packages" in f.uri]
+
+
+def test_stdlib_tasks_are_functions_split_and_corrupted():
+    from lmforge.jobs.finetune.functions import CORRUPTIONS
+    from lmforge.jobs.storage import jsonl
+
+    def rows(name):
+        return [row for _, row in jsonl(f"stdlib-tasks://functions/{name}.jsonl")]
+
+    train, test = rows("preferences"), rows("test/preferences")
+    assert len(train) > 2000 and len(test) > 200
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}  # held out
+    assert {r["corruption"] for r in train} == set(CORRUPTIONS)
+    assert all(r["rejected"] != r["chosen"] and r["rejected"].strip() for r in train)
+    sft, chat = rows("test/sft"), rows("test/chat")
+    assert [r["response"] for r in sft] == [r["chosen"] for r in test]
+    assert chat[0]["prompt"] == f"<|user|>\n{test[0]['prompt']}\n<|assistant|>\n"
+    assert chat[0]["reference"] == test[0]["chosen"]
+
+
+def test_corruptions_change_the_body_as_named():
+    import random
+
+    from lmforge.jobs.finetune.functions import CORRUPTIONS
+
+    body = "    total = a + b\n    total *= scale\n    return total"
+    rng = random.Random(0)
+    assert CORRUPTIONS["truncated"](body, ["a", "b"], rng) == "    total = a + b"
+    renamed = CORRUPTIONS["renamed"](body, ["a", "b", "scale"], rng)
+    assert renamed != body and renamed.count("total") == 3
+    shuffled = CORRUPTIONS["shuffled"](body, [], random.Random(1))
+    assert sorted(shuffled.splitlines()) == sorted(body.splitlines())

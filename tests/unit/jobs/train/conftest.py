@@ -1,7 +1,9 @@
 """A small dataset built once, and a launcher that runs the trainer under a real torchrun."""
 
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -10,11 +12,20 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+from tokenizers import Tokenizer
 
+from lmforge.jobs import hf
 from lmforge.jobs.data import pipeline
+from lmforge.jobs.finetune import data
+from lmforge.jobs.finetune.functions import functions
+from lmforge.jobs.model import Transformer
+from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.dataset import DatasetSpec
 
 SEQUENCE = 33
+CONTEXT = 128
+"""Of the fine-tuning base model."""
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +93,41 @@ def train(
     return subprocess.CompletedProcess(
         command, process.returncode, "", (tmp / "stderr.log").read_text()
     )
+
+
+@pytest.fixture(scope="session")
+def base(dataset, tmp_path_factory):
+    """A random tiny model with the test dataset's tokenizer, exported; and SFT examples that fit."""
+    out = tmp_path_factory.mktemp("base")
+    folder = dataset.removeprefix("file://")
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    tokenizer_path = f"{folder}/{manifest['tokenizer']['path']}"
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    torch.manual_seed(1)
+    arch = Architecture.model_validate({"layers": 2, "dModel": 64, "heads": 4, "kvHeads": 2,
+                                        "contextLength": CONTEXT,
+                                        "vocabSize": tokenizer.get_vocab_size()})  # fmt: skip
+    hf.export(Transformer(arch), arch, out / "model", tokenizer_json_path=tokenizer_path)
+    fits = (r for r in functions(max_lines=4)
+            if len(data.tokens(data.read_row(r), tokenizer)[0]) <= CONTEXT)  # fmt: skip
+    rows = list(itertools.islice(fits, 48))
+    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, tokenizer
+
+
+def killed_and_resumed_equals_straight(tmp: Path, config) -> None:
+    """`config(folder)` run straight in one folder, and in another SIGKILLed at a random step
+    (checkpoints every 5) then resumed: the same loss at every step, the same exported tensors."""
+    from safetensors.torch import load_file
+
+    straight, broken = tmp / "straight", tmp / "broken"
+    assert train(straight, config(straight)).returncode == 0
+    stop = random.Random().randint(6, 9)
+    assert train(broken, config(broken), stop_at=stop).returncode != 0
+    assert train(broken, config(broken)).returncode == 0
+    (resumed,) = [e["step"] for e in events(broken, "resume")]
+    assert resumed in range(5, stop + 1)
+    final = {e["step"]: e["loss"] for e in events(broken, "step")}
+    assert final == {e["step"]: e["loss"] for e in events(straight, "step")}, stop
+    a, b = (load_file(d / "model" / "model.safetensors") for d in (straight, broken))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

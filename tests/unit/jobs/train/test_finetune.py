@@ -1,52 +1,24 @@
 """Supervised fine-tuning on the trainer: a base model, chat-templated examples with the loss on
 responses only, full or LoRA (merged on export), and the same exact resume as pretraining."""
 
-import itertools
-import json
-import random
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
 
 from lmforge.jobs import hf
 from lmforge.jobs.finetune import data, lora
-from lmforge.jobs.finetune.functions import functions
 from lmforge.jobs.model import Transformer
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.finetune import Lora
 
-from .conftest import events, train
-
-CONTEXT = 128
-
-
-@pytest.fixture(scope="module")
-def base(dataset, tmp_path_factory):
-    """A random tiny model with the test dataset's tokenizer, exported; and SFT examples that fit."""
-    out = tmp_path_factory.mktemp("base")
-    folder = dataset.removeprefix("file://")
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    tokenizer_path = f"{folder}/{manifest['tokenizer']['path']}"
-    tokenizer = Tokenizer.from_file(tokenizer_path)
-    torch.manual_seed(1)
-    arch = Architecture.model_validate({"layers": 2, "dModel": 64, "heads": 4, "kvHeads": 2,
-                                        "contextLength": CONTEXT,
-                                        "vocabSize": tokenizer.get_vocab_size()})  # fmt: skip
-    hf.export(Transformer(arch), arch, out / "model", tokenizer_json_path=tokenizer_path)
-    fits = (r for r in functions(max_lines=4)
-            if len(data.tokens(data.read_row(r), tokenizer)[0]) <= CONTEXT)  # fmt: skip
-    rows = list(itertools.islice(fits, 48))
-    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out, tokenizer
+from .conftest import CONTEXT, events, killed_and_resumed_equals_straight, train
 
 
 def sft_config(tmp, base_dir, steps=30, **training) -> dict:
     return {
         "name": "sft",
+        "method": "sft",
         "baseModelUri": (base_dir / "model").as_uri(),
         "examplesUri": (base_dir / "sft.jsonl").as_uri(),
         "validationFraction": 0.125,
@@ -123,18 +95,4 @@ def test_merged_lora_computes_what_the_adapted_model_does():
 
 def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, base):
     base_dir, _ = base
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert train(straight, sft_config(straight, base_dir, steps=12)).returncode == 0
-    stop = random.Random().randint(6, 9)
-    cfg = sft_config(broken, base_dir, steps=12)
-    assert train(broken, cfg, stop_at=stop).returncode != 0
-    assert train(broken, cfg).returncode == 0
-    (resumed,) = [e["step"] for e in events(broken, "resume")]
-    assert resumed in range(5, stop + 1)
-    final = {e["step"]: e["loss"] for e in events(broken, "step")}
-    assert final == {e["step"]: e["loss"] for e in events(straight, "step")}, stop
-    a, b = (
-        load_file(straight / "model" / "model.safetensors"),
-        load_file(broken / "model" / "model.safetensors"),
-    )
-    assert all(a[k].equal(b[k]) for k in a)
+    killed_and_resumed_equals_straight(tmp_path, lambda d: sft_config(d, base_dir, steps=12))

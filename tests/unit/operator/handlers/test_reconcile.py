@@ -7,7 +7,6 @@ import kopf
 import pytest
 
 from lmforge.operator.handlers import dataset, evaluation, finetune, pretrainjob, reconcile
-from lmforge.operator.handlers.unsupported import hold
 
 DATASET = """
 apiVersion: lmforge.dev/v1alpha1
@@ -222,7 +221,7 @@ def test_evaluation_below_threshold_fails_the_gate(cluster, events):
     config = json.loads(
         cluster.objects[("ConfigMap", "team-a", "check-eval-config")]["data"]["config.json"]
     )
-    assert (config["modelUri"], config["datasetUris"]) == (
+    assert (config["modelUri"], config["taskUris"]) == (
         "s3://m",
         {"ppl": "s3://bucket/dataset/corpus"},
     )
@@ -241,25 +240,42 @@ def test_evaluation_below_threshold_fails_the_gate(cluster, events):
     assert condition(status, "Failed")["reason"] == "ThresholdsNotMet"
 
 
-def test_kinds_not_supported_yet_stay_pending_saying_so(cluster, events):
+def test_reward_model_trains_on_a_deployments_feedback(cluster, events):
     cluster.add("""
 apiVersion: lmforge.dev/v1alpha1
 kind: RewardModel
 metadata: {name: rm}
 spec:
-  baseModel: {uri: "s3://m"}
-  preferences: {uri: "s3://p"}
-  training: {steps: 1}
+  baseModel: {uri: "s3://bucket/base"}
+  preferences: {deploymentRef: {name: chat}}
+  loss: plackettLuce
+  training: {steps: 3}
+  storage: {uri: "s3://bucket"}
 """)
-    hold("RewardModel", "team-a", "rm")
-    hold("RewardModel", "team-a", "rm")
+    run(finetune.REWARD_MODEL, "rm")
     status = cluster.status("rewardmodels", "rm")
-    assert status["phase"] == "Pending"
+    assert status["phase"] == "Waiting" and cluster.pods() == {}
     assert (
-        condition(status, "Running")["message"]
-        == "this version of the operator cannot run a RewardModel yet"
+        "spec.preferences.deploymentRef: Deployment/chat" in condition(status, "Waiting")["message"]
     )
-    assert len(events) == 1
+    outputs = [{"uri": "http://chat"}, {"uri": "s3://bucket/fb/preferences", "kind": "Feedback"}]
+    cluster.add(
+        "apiVersion: lmforge.dev/v1alpha1\nkind: Deployment\nmetadata: {name: chat}\n"
+        "spec: {modelRef: {kind: PretrainJob, name: tiny}}\n",
+        status={"phase": "Available", "lineage": {"outputs": outputs}},
+    )
+    run(finetune.REWARD_MODEL, "rm")
+    assert sorted(cluster.pods()) == ["rm-worker-0"]
+    config = json.loads(
+        cluster.objects[("ConfigMap", "team-a", "rm-config")]["data"]["config.json"]
+    )
+    assert config["method"] == "reward" and config["rankingLoss"] == "plackettLuce"
+    assert (config["baseModelUri"], config["preferencesUri"]) == (
+        "s3://bucket/base",
+        "s3://bucket/fb/preferences",
+    )
+    inputs = cluster.status("rewardmodels", "rm")["lineage"]["inputs"]
+    assert {"uri": "s3://bucket/fb/preferences", "kind": "Deployment", "name": "chat"} in inputs
 
 
 def test_a_deleted_resource_is_left_to_the_garbage_collector(cluster, events):
@@ -314,10 +330,70 @@ def test_a_method_not_built_yet_fails_naming_the_field(cluster, events):
     cluster.add(
         PRETRAIN, status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://m"}]}}
     )
-    cluster.add(FINETUNE.replace("METHOD", "dpo"))
+    cluster.add(
+        "apiVersion: lmforge.dev/v1alpha1\nkind: RewardModel\nmetadata: {name: rm}\nspec:\n"
+        "  baseModel: {uri: s3://m}\n  preferences: {uri: s3://p}\n",
+        status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://rm"}]}},
+    )
+    cluster.add(
+        FINETUNE.replace("METHOD", "ppo").replace(
+            "lora: {rank: 4}", 'rewardModelRef: {name: rm}\n  prompts: {uri: "s3://p"}'
+        )
+    )
     with pytest.raises(kopf.PermanentError):
         run(finetune.KIND, "chat")
     status = cluster.status("finetunes", "chat")
     assert status["phase"] == "Failed"
-    assert condition(status, "Failed")["message"].startswith("spec.method: dpo is not available")
+    assert condition(status, "Failed")["message"].startswith("spec.method: ppo is not available")
     assert cluster.pods() == {}
+
+
+def config_of(cluster, name: str) -> dict:
+    return json.loads(
+        cluster.objects[("ConfigMap", "team-a", f"{name}-config")]["data"]["config.json"]
+    )
+
+
+def test_dpo_reads_preferences_against_its_reference(cluster, events):
+    trained = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/pt/model"}]}}
+    cluster.add(PRETRAIN, status=trained)
+    spec = FINETUNE.replace("METHOD", "dpo").replace(
+        "lora: {rank: 4}", "dpo: {beta: 0.2, reference: {fineTuneRef: {name: ref}}}"
+    )
+    cluster.add(spec)
+    run(finetune.KIND, "chat")
+    assert cluster.status("finetunes", "chat")["phase"] == "Waiting"  # for spec.dpo.reference
+    reference = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/ref"}]}}
+    cluster.add(
+        FINETUNE.replace("METHOD", "sft").replace("name: chat", "name: ref"), status=reference
+    )
+    run(finetune.KIND, "chat")
+    config = config_of(cluster, "chat")
+    assert {k: config[k] for k in ("method", "beta", "preferencesUri", "referenceUri")} == {
+        "method": "dpo",
+        "beta": 0.2,
+        "preferencesUri": "s3://bucket/prefs.jsonl",
+        "referenceUri": "s3://bucket/ref",
+    }
+    assert "examplesUri" not in config
+    inputs = cluster.status("finetunes", "chat")["lineage"]["inputs"]
+    assert [i["uri"] for i in inputs] == ["s3://bucket/pt/model", "s3://bucket/ref",
+                                          "s3://bucket/prefs.jsonl"]  # fmt: skip
+
+
+def test_grpo_reads_prompts_and_its_reward_model(cluster, events):
+    trained = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/pt/model"}]}}
+    cluster.add(PRETRAIN, status=trained)
+    cluster.add(
+        "apiVersion: lmforge.dev/v1alpha1\nkind: RewardModel\nmetadata: {name: rm}\nspec:\n"
+        "  baseModel: {uri: s3://m}\n  preferences: {uri: s3://p}\n",
+        status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/rm"}]}},
+    )
+    cluster.add(FINETUNE.replace("METHOD", "grpo").replace(
+        "lora: {rank: 4}", 'rewardModelRef: {name: rm}\n  prompts: {uri: "s3://bucket/q.jsonl"}\n'
+        "  rl: {samplesPerPrompt: 3}"))  # fmt: skip
+    run(finetune.KIND, "chat")
+    config = config_of(cluster, "chat")
+    assert (config["method"], config["promptsUri"], config["rewardModelUri"]) == (
+        "grpo", "s3://bucket/q.jsonl", "s3://bucket/rm")  # fmt: skip
+    assert config["rl"]["samplesPerPrompt"] == 3 and config["validationFraction"] == 0.1

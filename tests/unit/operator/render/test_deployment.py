@@ -115,15 +115,12 @@ def test_status_waits_is_held_by_a_failed_gate_then_rolls_out(owner):
     assert (status["phase"], roll) == ("Failed", False)
 
 
-def test_onnx_runtime_is_refused_naming_the_field(resource, defaults):
+def test_onnx_runtime_with_int8_is_refused_naming_the_field(resource, defaults):
     d = resource(DEPLOYMENT, runtime="onnx", quantization="int8")
     with pytest.raises(RenderError) as refused:
         render.serve_config(d, MODEL["uri"], storage(d.spec.storage, defaults))
-    assert refused.value.field == "spec.runtime" and "use native" in str(refused.value)
-    native = resource(DEPLOYMENT, quantization="int8")
-    assert (
-        render.serve_config(native, "s3://m", storage(native.spec.storage, defaults))[
-            "quantization"
-        ]
-        == "int8"
-    )
+    assert refused.value.field == "spec.quantization" and "fp32 graph" in str(refused.value)
+    for runtime, quantization in (("onnx", "none"), ("native", "int8")):
+        ok = resource(DEPLOYMENT, runtime=runtime, quantization=quantization)
+        config = render.serve_config(ok, "s3://m", storage(ok.spec.storage, defaults))
+        assert (config["runtime"], config["quantization"]) == (runtime, quantization)

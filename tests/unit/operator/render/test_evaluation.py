@@ -25,7 +25,7 @@ def test_config_and_pod(resource, owner, defaults):
     ev = resource(EVALUATION)
     store = storage(ev.spec.storage, defaults)
     config = evaluation.evaluation_config(ev, "s3://m", {"ppl": "s3://d"}, store)
-    assert EvalConfig.model_validate(config).dataset_uris == {"ppl": "s3://d"}
+    assert EvalConfig.model_validate(config).task_uris == {"ppl": "s3://d"}
     lasting, (pod,) = evaluation.children(
         owner("Evaluation", "check"), ev, config, 2, defaults, store
     )
