@@ -404,18 +404,21 @@ def create_app(config: ServeConfig, engine: Engine) -> FastAPI:
 
 
 def _chunk(ident: str, model: str, chat: bool, text: str, reason: str | None) -> dict:
-    if chat:
-        choice = {
-            "index": 0,
-            "delta": {"content": text} if text or not reason else {},
-            "finish_reason": reason,
-        }
+    """A streamed piece: a chat delta (empty in the last one), or a completion's text."""
+    delta = {"delta": {"content": text} if text or not reason else {}}
+    return _envelope(ident, model, "chat.completion.chunk" if chat else None, delta, text, reason)
+
+
+def _envelope(ident, model, chat_kind: str | None, content: dict, text: str, reason) -> dict:
+    """OpenAI's response shape around one choice: a chat one holds `content` (message or
+    delta), a completion one the text."""
+    if chat_kind:
+        choice = {"index": 0, **content, "finish_reason": reason}
     else:
         choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-    kind = "chat.completion.chunk" if chat else "text_completion"
     return {
         "id": ident,
-        "object": kind,
+        "object": chat_kind or "text_completion",
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
@@ -435,25 +438,6 @@ def _event(data: dict) -> str:
 
 
 def _response(ident: str, model: str, chat: bool, text: str, reason: str, last: Output) -> dict:
-    usage = {
-        "prompt_tokens": last.prompt_tokens,
-        "completion_tokens": last.completion_tokens,
-        "total_tokens": last.prompt_tokens + last.completion_tokens,
-    }
-    if chat:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": reason,
-        }
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-    kind = "chat.completion" if chat else "text_completion"
-    return {
-        "id": ident,
-        "object": kind,
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    message = {"message": {"role": "assistant", "content": text}}
+    kind = "chat.completion" if chat else None
+    return _envelope(ident, model, kind, message, text, reason) | {"usage": _usage(last)}

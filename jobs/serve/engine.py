@@ -6,8 +6,9 @@ runs one decode step for every running sequence at once: a batch of one token pe
 at its own position. A request that finishes frees its slot for the next one at once, instead of
 waiting for the longest request of a static batch.
 
-Output is text, decoded incrementally: a delta is held back while it ends in an incomplete UTF-8
-character, and stop strings are found in the text (they may span tokens).
+Output is text, decoded incrementally (only a window of the last tokens is decoded again, so a
+long reply costs the same per token as a short one): a token that ends in an incomplete UTF-8
+character waits for the next, and stop strings are found in the text (they may span tokens).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Request:
     generator: torch.Generator = field(init=False)
     tokens: list[int] = field(default_factory=list)
     slot: int = -1
+    text: str = ""  # the decoded text of tokens[:read]
+    prefix: int = 0  # the decode window starts here, a token before `read`
+    read: int = 0
     sent: int = 0  # characters of the decoded text already emitted
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
@@ -142,7 +146,7 @@ class Engine:
         if token == self.eos:
             return self._finish(request, "stop")
         request.tokens.append(token)
-        text = self.tokenizer.decode(request.tokens)
+        text = self._text(request)
         sampling = request.sampling
         stops = [i for i in (text.find(s, max(0, request.sent - len(s))) for s in sampling.stop)]
         cut = min((i for i in stops if i >= 0), default=-1)
@@ -150,16 +154,26 @@ class Engine:
             return self._finish(request, "stop", text[:cut])
         full = len(request.prompt) + len(request.tokens) >= self.context
         if len(request.tokens) >= sampling.max_tokens or full:
-            return self._finish(request, "length", text)
-        # Hold back what could still become a stop string, and an incomplete character.
-        held = max((len(s) - 1 for s in sampling.stop), default=0)
-        ready = len(text) - held
-        while ready > request.sent and text[ready - 1] == "\ufffd":
-            ready -= 1
+            return self._finish(request, "length")
+        # Hold back what could still become a stop string.
+        ready = len(text) - max((len(s) - 1 for s in sampling.stop), default=0)
         if ready > request.sent:
             request.emit(Output(text[request.sent : ready]))
             request.sent = ready
         return None
+
+    def _text(self, request: Request) -> str:
+        """The request's text so far. Only the tokens from `prefix` on are decoded again: the
+        window starts a token early so that decoders which treat a first token differently (a
+        leading space) agree with decoding the whole; a window that ends in an incomplete
+        character is kept for the next token."""
+        decode, tokens = self.tokenizer.decode, request.tokens
+        before = decode(tokens[request.prefix : request.read])
+        after = decode(tokens[request.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            request.text += after[len(before) :]
+            request.prefix, request.read = request.read, len(tokens)
+        return request.text
 
     def _finish(self, request: Request, reason: str | None, text: str | None = None) -> None:
         if request in self.running:

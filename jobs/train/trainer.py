@@ -125,6 +125,7 @@ class Trainer:
         c = self.config
         tokenizer = self._tokenizer()
         length = c.architecture.context_length - 1
+        field = {"sft": "spec.data", "grpo": "spec.prompts"}.get(c.method, "spec.preferences")
         try:
             if c.method == "sft":
                 rows = data.encode(data.read(c.examples_uri, c.endpoint_url), tokenizer, length)
@@ -134,14 +135,12 @@ class Trainer:
             else:
                 rankings = preferences.read(c.preferences_uri, c.endpoint_url)
                 rows = preferences.encode(rankings, tokenizer, length)
-        except ValueError as error:  # a bad row, named by its line
-            field = {"sft": "spec.data", "grpo": "spec.prompts"}.get(c.method, "spec.preferences")
+            order = np.random.default_rng(c.training.seed).permutation(len(rows))
+            held = int(len(rows) * c.validation_fraction)
+            train = ArrayReader(rows[order[held:]], "train", rank=self.rank,
+                                world_size=self.world, seed=c.training.seed)  # fmt: skip
+        except ValueError as error:  # a bad row (named by its line), or too few rows
             raise ConfigError(f"{field}: {error}") from error
-        order = np.random.default_rng(c.training.seed).permutation(len(rows))
-        held = int(len(rows) * c.validation_fraction)
-        train = ArrayReader(
-            rows[order[held:]], "train", rank=self.rank, world_size=self.world, seed=c.training.seed
-        )
         return train, rows[order[:held]]
 
     def train(self) -> int:
@@ -335,7 +334,13 @@ class Trainer:
     def _tokenizer(self):
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_str(self.tokenizer_json.decode())
+        tokenizer = Tokenizer.from_str(self.tokenizer_json.decode())
+        if tokenizer.token_to_id(EOS) is None:
+            raise ConfigError(
+                f"spec.baseModel: its tokenizer has no {EOS} token, which ends every reply in"
+                " lmforge's chat template; use a tokenizer a Dataset trained (it has one)"
+            )
+        return tokenizer
 
     def _scorer(self) -> Scorer:
         """GRPO's reward model, frozen: it must read the policy's tokens the policy's way."""

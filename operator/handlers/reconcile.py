@@ -73,6 +73,10 @@ class Kind:
     reconcile: Callable[[Kube, Kind, dict[str, Any], str | None], None] | None = None
     """A pass of its own, for a kind that owns no job pods (Deployment); else the job pass."""
 
+    def __post_init__(self) -> None:
+        if (self.build is None) == (self.reconcile is None):
+            raise TypeError(f"Kind {self.kind}: give exactly one of build (a job) or reconcile")
+
     @property
     def plural(self) -> str:
         return PLURALS[self.kind]

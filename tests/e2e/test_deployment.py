@@ -185,6 +185,25 @@ def test_finetune_gate_blocks_rollout_and_a_passing_one_serves_chat(
     assert dpo["progress"] == "3/3" and "margin" in dpo and "accuracy" in dpo
     grpo = wait_phase(api, "FineTune", namespace, "grpo", "Succeeded", TRAIN_SECONDS)["status"]
     assert grpo["progress"] == "3/3" and isinstance(grpo["reward"], float)
-    assert {"uri": f"{s3.bucket}/rewardmodel/rm/model", "kind": "RewardModel", "name": "rm"} in [
-        {k: i[k] for k in ("uri", "kind", "name") if k in i} for i in grpo["lineage"]["inputs"]
-    ]
+    (scorer,) = [i for i in grpo["lineage"]["inputs"] if i.get("kind") == "RewardModel"]
+    assert scorer["name"] == "rm" and scorer["uri"] == rm["lineage"]["outputs"][0]["uri"]
+
+    # A new model for the Deployment rolls the server: a new pod template (its model digest),
+    # then Available again, serving the DPO model.
+    served = cluster.get("deployments.apps", "chat-serve", "-n", namespace)
+    before = served["spec"]["template"]["metadata"]["annotations"]["lmforge.dev/model-digest"]
+    change = {"spec": {"modelRef": {"kind": "FineTune", "name": "dpo"}, "evaluationRef": None}}
+    cluster("patch", "deployments.lmforge.dev", "chat", "-n", namespace, "--type=merge",
+            "-p", json.dumps(change))  # fmt: skip
+
+    def rolled() -> dict | None:
+        status = (read(api, "Deployment", namespace, "chat") or {}).get("status") or {}
+        new = status.get("modelDigest") not in (None, before)
+        return status if new and status.get("phase") == "Available" else None
+
+    status = wait_for("the Deployment rolled to the DPO model", rolled, SERVER_SECONDS)
+    assert status["lineage"]["inputs"][0]["name"] == "dpo" and status["readyReplicas"] == 1
+    served = cluster.get("deployments.apps", "chat-serve", "-n", namespace)
+    template = served["spec"]["template"]["metadata"]["annotations"]
+    assert template["lmforge.dev/model-digest"] == status["modelDigest"] != before
+    assert served["metadata"]["generation"] >= 2

@@ -68,3 +68,27 @@ def test_cancelled_request_frees_its_slot(loaded):
         assert engine.free == [0]
     finally:
         engine.close()
+
+
+def test_incremental_text_equals_decoding_the_whole(loaded):
+    """Token by token, the engine's text is always a prefix of the whole decoded reply, never
+    ends in half a character, and ends equal to it (multi-byte characters span tokens here: the
+    tokenizer has few non-ASCII merges)."""
+    from lmforge.jobs.serve.engine import Request
+
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, slots=1)
+    try:
+        ids = tokenizer.encode(
+            "naïve café → 😀 done\n    return 'ünïcode'", add_special_tokens=False
+        ).ids
+        whole = tokenizer.decode(ids)
+        request = Request([1], Sampling(), lambda o: None)
+        seen = []
+        for token in ids:
+            request.tokens.append(token)
+            seen.append(engine._text(request))
+        assert all(whole.startswith(t) and "\ufffd" not in t for t in seen)
+        assert seen[-1] == whole and len(set(seen)) < len(seen)  # some tokens waited
+    finally:
+        engine.close()

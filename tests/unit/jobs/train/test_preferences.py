@@ -11,7 +11,7 @@ import torch
 
 from lmforge.jobs import hf
 from lmforge.jobs.finetune import data, preferences
-from lmforge.jobs.model import Scorer
+from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import jsonl
 from lmforge.jobs.train import objectives
 
@@ -213,3 +213,38 @@ def test_grpo_raises_the_reward_of_held_out_replies(tmp_path, base, pairs, rewar
     assert validations[-1] > validations[0] + 0.5, validations
     assert np.mean(steps[-5:]) > np.mean(steps[:5]), steps
     assert all(e["kl"] >= 0 for e in events(tmp_path, "step"))
+
+
+def test_a_reference_or_reward_model_that_does_not_match_is_refused(tmp_path, base, pairs):
+    """Before any compute: fewer prompts than ranks, a DPO reference of another shape, a GRPO
+    reward model with another tokenizer, a reward model where a language model belongs, and a
+    base model whose tokenizer lacks the chat template's <|eos|>; each names its field."""
+    base_dir, tokenizer = base
+    arch, _ = hf.load(base_dir / "model")
+    wider = arch.model_copy(update={"d_model": 128, "ffn_size": 256})
+    hf.export(Transformer(wider), wider, tmp_path / "wide",
+              tokenizer_json_path=base_dir / "model" / "tokenizer.json")  # fmt: skip
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    (other / "tokenizer.json").write_text(tokenizer.to_str().replace('"<|eos|>"', '"<|end|>"'))
+    for name, folder in (("rm", other), ("rm-same", base_dir / "model"), ("lm", other)):
+        model = Transformer(arch) if name == "lm" else Scorer(arch)
+        hf.export(model, arch, tmp_path / name, tokenizer_json_path=folder / "tokenizer.json")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "def f():"}) + "\n")
+    cases = [
+        (grpo_config(tmp_path / "d", base_dir, prompts, tmp_path / "rm"),
+         "spec.prompts: split 'train' has 1 sequences, fewer than 2 ranks"),
+        (preference_config(tmp_path / "a", base_dir, pairs, "dpo",
+                           referenceUri=(tmp_path / "wide").as_uri()), "spec.dpo.reference"),
+        (grpo_config(tmp_path / "b", base_dir, pairs, tmp_path / "rm"),
+         "spec.rewardModelRef: its tokenizer differs"),
+        (preference_config(tmp_path / "c", base_dir, pairs, "dpo") | {
+            "baseModelUri": (tmp_path / "rm-same").as_uri()}, "spec.baseModel: a reward model"),
+        (preference_config(tmp_path / "e", base_dir, pairs, "reward") | {
+            "baseModelUri": (tmp_path / "lm").as_uri()}, "spec.baseModel: its tokenizer has no"),
+    ]  # fmt: skip
+    for n, (cfg, message) in enumerate(cases):
+        result = train(tmp_path / str(n), cfg)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert not events(tmp_path / str(n), "step")
