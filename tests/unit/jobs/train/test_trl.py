@@ -87,6 +87,7 @@ def test_dpo_loss_equals_trl(tmp_path, base):
     model.eval()
     with torch.no_grad():
         got = trainer.compute_loss(model, batch)
+    print(f"DPO loss: lmforge {expected.item():.8f}, TRL {got.item():.8f}")
     assert abs(got.item() - expected.item()) < 1e-5, (got.item(), expected.item())
     assert expected.item() != pytest.approx(0.6931, abs=1e-3)  # not the trivial log 2
 
@@ -122,6 +123,7 @@ def test_reward_loss_equals_trl(tmp_path, base):
     model.eval()
     with torch.no_grad():
         got = trainer.compute_loss(model, batch)
+    print(f"reward loss: lmforge {expected.item():.8f}, TRL {got.item():.8f}")
     assert abs(got.item() - expected.item()) < 1e-5, (got.item(), expected.item())
 
 
