@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmforge.jobs.finetune.data import IGNORE
 from lmforge.jobs.generate import Sampling, generate_batch
-
-IGNORE = -100
 
 
 def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,17 +96,11 @@ class Grpo:
         inputs, targets = _rollout_rows(prompts, replies, rows.shape[1], self.eos)
         inputs, targets = inputs.to(rows.device), targets.to(rows.device)
         with torch.no_grad():
-            # The score is read at the reply's last token, before any <|eos|>, as trained.
-            ends = [
-                len(p) + len(r) - 1 - (r[-1:] == [self.eos])
-                for p, r in zip(prompts, replies, strict=True)
-            ]
-            rewards = self.scorer(inputs, torch.tensor(ends, device=rows.device)).view(
-                -1, self.samples
-            )
-            advantages = (rewards - rewards.mean(1, keepdim=True)) / (
-                rewards.std(1, keepdim=True) + 1e-4
-            )
+            scored, ends = _scored(prompts, replies, self.eos, rows.shape[1] + 1)
+            rewards = self.scorer(scored.to(rows.device), ends.to(rows.device))
+            rewards = rewards.view(-1, self.samples)
+            spread = rewards.std(1, keepdim=True) + 1e-4
+            advantages = (rewards - rewards.mean(1, keepdim=True)) / spread
             reference = token_logps(self.reference(inputs), targets)
         logps = token_logps(model(inputs), targets)
         mask = (targets != IGNORE).float()
@@ -118,6 +111,16 @@ class Grpo:
         per_reply = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         mean_kl = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
         return torch.stack([per_reply.mean(), rewards.mean(), mean_kl])
+
+
+def _scored(prompts, replies, eos: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the reward model reads: [n, length] prompt then reply without its <|eos|> (padded
+    with eos), and the position of each reply's last token, where it was trained to score."""
+    ids = [p + (r[:-1] if r[-1:] == [eos] else r) for p, r in zip(prompts, replies, strict=True)]
+    scored = torch.full((len(ids), length), eos, dtype=torch.long)
+    for n, sequence in enumerate(ids):
+        scored[n, : len(sequence)] = torch.tensor(sequence)
+    return scored, torch.tensor([len(sequence) - 1 for sequence in ids])
 
 
 def _rollout_rows(prompts, replies, length: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:

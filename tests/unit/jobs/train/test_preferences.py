@@ -191,7 +191,7 @@ def grpo_config(tmp, base_dir, prompts, reward_model, steps=60) -> dict:
     cfg = preference_config(tmp, base_dir, prompts, "grpo", steps=steps)
     cfg["training"]["validation"] = {"everySteps": 10, "batches": 4}
     cfg["training"]["globalBatchTokens"] = CONTEXT * 4
-    cfg["training"]["optimizer"] = {"lr": 0.005}
+    cfg["training"]["optimizer"] = {"lr": 0.01}
     return cfg | {
         "preferencesUri": None,
         "promptsUri": prompts.as_uri(),
@@ -248,3 +248,13 @@ def test_a_reference_or_reward_model_that_does_not_match_is_refused(tmp_path, ba
         result = train(tmp_path / str(n), cfg)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not events(tmp_path / str(n), "step")
+
+
+def test_grpo_scores_each_reply_at_its_last_token():
+    """With or without the <|eos|> that ended it, and when the reply fills the context."""
+    eos, length = 0, 8
+    prompts, replies = [[5, 6], [5, 6], [5]], [[7, 8, eos], [7, 8], [9] * 7]
+    scored, ends = objectives._scored(prompts, replies, eos, length)
+    assert ends.tolist() == [3, 3, 7]
+    assert [int(scored[n, e]) for n, e in enumerate(ends)] == [8, 8, 9]
+    assert scored[0].tolist() == scored[1].tolist() == [5, 6, 7, 8, 0, 0, 0, 0]
