@@ -66,6 +66,11 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype)
         self.v = torch.zeros(shape, dtype=dtype)
 
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first `length` positions of slot `source` to slot `target`."""
+        for cache in (self.k, self.v):
+            cache[:, target, :, :length] = cache[:, source, :, :length]
+
 
 class Step(NamedTuple):
     """Where a batch goes in the cache: row b holds the tokens of sequence `slots[b]` from

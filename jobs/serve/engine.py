@@ -1,10 +1,12 @@
 """Continuous batching over one KV cache, in one thread.
 
-Every sequence holds a slot of the cache from its prompt to its last token. Between two decode
-steps the loop admits waiting requests (one prefill forward each, up to the free slots), then
-runs one decode step for every running sequence at once: a batch of one token per sequence, each
-at its own position. A request that finishes frees its slot for the next one at once, instead of
-waiting for the longest request of a static batch.
+Every running sequence holds a slot of the cache. Between two decode steps the loop admits
+waiting requests (one prefill forward each, up to the free slots), then runs one decode step for
+every running sequence at once: a batch of one token per sequence, each at its own position. A
+request that finishes frees its slot for the next one at once, instead of waiting for the longest
+request of a static batch. The running sequences always hold the first slots, in order (the last
+one moves into a slot that frees up): a decode step's rows are one block of the cache, which the
+onnx runtime binds without copying.
 
 Output is text, decoded incrementally (only a window of the last tokens is decoded again, so a
 long reply costs the same per token as a short one): a token that ends in an incomplete UTF-8
@@ -65,7 +67,7 @@ class Engine:
         self.eos = tokenizer.token_to_id(EOS)
         dtype = next(model.parameters()).dtype
         self.cache = KVCache(model.arch, slots, dtype=dtype)
-        self.free = list(range(slots))
+        self.slots = slots
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.condition = threading.Condition()
@@ -104,10 +106,8 @@ class Engine:
                 if self.closed:
                     return
                 admitted = []
-                while self.waiting and self.free:
-                    request = self.waiting.popleft()
-                    request.slot = self.free.pop()
-                    admitted.append(request)
+                while self.waiting and len(self.running) + len(admitted) < self.slots:
+                    admitted.append(self.waiting.popleft())
             try:
                 with torch.inference_mode():
                     for request in admitted:
@@ -120,6 +120,7 @@ class Engine:
                     self._finish(request, "error")
 
     def _prefill(self, request: Request) -> None:
+        request.slot = len(self.running)
         step = Step(self.cache, torch.tensor([request.slot]), torch.tensor([0]))
         logits = self.model(torch.tensor([request.prompt]), step=step)[0, -1]
         self.running.append(request)
@@ -176,10 +177,12 @@ class Engine:
         return request.text
 
     def _finish(self, request: Request, reason: str | None, text: str | None = None) -> None:
-        if request in self.running:
-            self.running.remove(request)
-        with self.condition:
-            self.free.append(request.slot)
+        if request in self.running:  # the last sequence moves into its slot
+            last = self.running.pop()
+            if last is not request:
+                self.running[request.slot] = last
+                self.cache.move(last.slot, request.slot, len(last.prompt) + len(last.tokens))
+                last.slot = request.slot
         if reason is not None:
             if text is None:
                 text = self.tokenizer.decode(request.tokens)

@@ -1,16 +1,28 @@
-"""The ONNX runtime: the model exported as one ONNX graph with past keys and values as inputs and
-the new ones as outputs, run by onnxruntime behind the same call the engine makes on a
+"""The ONNX runtime: the model as one graph of onnxruntime's fused transformer operators, run by
+onnxruntime against the engine's KV cache in place, behind the call the engine makes on a
 Transformer, `model(tokens, step=Step(cache, slots, positions))`.
 
-The graph is the decoder from token ids to logits with the attention's past made explicit:
+Each layer is eleven nodes:
 
-    input_ids (batch, seq), position_ids (batch, seq),
-    past_keys, past_values (layers, batch, kv_heads, past, head_dim),
-    attention_mask (batch, 1, seq, past + seq)   -> logits, keys, values (of the seq new tokens)
+    SkipSimplifiedLayerNormalization  residual add + RMSNorm
+    MatMul                            q, k and v in one
+    GroupQueryAttention               rotary embedding, the new keys and values written into the
+                                      cache, causal attention over each row's own length
+    MatMul                            o_proj
+    SkipSimplifiedLayerNormalization
+    MatMul, Split, Sigmoid, Mul, Mul  gate and up in one, silu(gate) * up
+    MatMul                            down_proj
 
-so one graph serves prefill (past of length 1, masked out) and batched decode steps (seq 1).
-`OnnxModel` keeps the KV cache in torch as the native runtime does: it gathers each sequence's
-past from its slot, runs the session, and writes the new keys and values back.
+Inputs: input_ids (batch, seq); seqlens_k (batch,) int32, each row's length after this step - 1;
+total_sequence_length (int32 scalar); past_key_{i}/past_value_{i} (batch, kv_heads, context,
+head_dim), the cache rows of the batch, which are also bound as present_key_{i}/present_value_{i}:
+GroupQueryAttention sees one buffer and appends in place. Output: logits of each row's last token.
+
+Built here with `onnx.helper` rather than exported by `torch.onnx.export`: the exporter spells
+RMSNorm, rotary, the grouped heads and attention out as 670 nodes for the small preset, copies
+the past in and out every step, and takes twice as long per decode step. onnxruntime-genai's
+model builder makes graphs like this one, but from a transformers model and for its own
+generation loop, not for our engine's continuous batching (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -19,90 +31,127 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper, save_model
 from torch import nn
 
-from ..model import Step, Transformer, apply_rope
+from ..model import KVCache, Step, Transformer
 
-INPUTS = ("input_ids", "position_ids", "past_keys", "past_values", "attention_mask")
-OUTPUTS = ("logits", "keys", "values")
-
-
-class _Decoder(nn.Module):
-    """The Transformer's layers, with explicit past keys and values (what the graph computes)."""
-
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, position_ids, past_keys, past_values, attention_mask):
-        m = self.model
-        x = m.model.embed_tokens(input_ids)
-        cos, sin = m.rope_cos[position_ids][:, None], m.rope_sin[position_ids][:, None]
-        keys, values = [], []
-        for i, layer in enumerate(m.model.layers):
-            a = layer.self_attn
-            h = layer.input_layernorm(x)
-            batch, seq, _ = h.shape
-            q = a.q_proj(h).view(batch, seq, a.heads, a.head_dim).transpose(1, 2)
-            k = a.k_proj(h).view(batch, seq, a.kv_heads, a.head_dim).transpose(1, 2)
-            v = a.v_proj(h).view(batch, seq, a.kv_heads, a.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            keys.append(k)
-            values.append(v)
-            group = a.heads // a.kv_heads  # grouped-query attention, spelled out for the exporter
-            k_all = torch.cat([past_keys[i], k], 2).repeat_interleave(group, 1)
-            v_all = torch.cat([past_values[i], v], 2).repeat_interleave(group, 1)
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attention_mask)
-            x = x + a.o_proj(y.transpose(1, 2).reshape(batch, seq, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return m.lm_head(m.model.norm(x)), torch.stack(keys), torch.stack(values)
-
-
-def _example(model: Transformer, batch: int = 2, seq: int = 3, past: int = 2) -> tuple:
-    arch = model.arch
-    head_dim = arch.d_model // arch.heads
-    kv = torch.zeros(arch.layers, batch, arch.kv_heads, past, head_dim)
-    positions = past + torch.arange(seq).expand(batch, seq)
-    return (
-        torch.zeros(batch, seq, dtype=torch.long),
-        positions,
-        kv,
-        kv.clone(),
-        torch.ones(batch, 1, seq, past + seq, dtype=torch.bool),
-    )
+OPSET, CONTRIB = 21, "com.microsoft"
 
 
 def export(model: Transformer, path: str | Path) -> Path:
-    """Write the model's decoder graph to `path` (fp32: the server refuses onnx with bf16)."""
-    auto = torch.export.Dim.AUTO  # batch, seq, past and the mask's past + seq: the exporter
-    shapes = {  # relates them from the graph
-        "input_ids": {0: auto, 1: auto},
-        "position_ids": {0: auto, 1: auto},
-        "past_keys": {1: auto, 3: auto},
-        "past_values": {1: auto, 3: auto},
-        "attention_mask": {0: auto, 2: auto, 3: auto},
-    }
-    decoder = _Decoder(model).eval()
-    with torch.no_grad():
-        program = torch.onnx.export(
-            decoder,
-            _example(model),
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_shapes=shapes,
-            dynamo=True,
-            optimize=True,
-            verbose=False,
+    """Write the model's decoder graph to `path`, its weights to `path`.data (fp32)."""
+    arch, path = model.arch, Path(path)
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    head_dim = arch.d_model // arch.heads
+    nodes, weights = [], []
+
+    def weight(name: str, array: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def linear(x: str, out: str, *names: str) -> str:
+        """x @ W.T for the nn.Linear weights `names`, concatenated along their outputs."""
+        w = weight(f"{out}.weight", np.concatenate([state[f"{n}.weight"] for n in names]).T)
+        nodes.append(helper.make_node("MatMul", [x, w], [out]))
+        return out
+
+    def norm(delta: str, residual: str, gain: str, out: str) -> tuple[str, str]:
+        """(RMSNorm(residual + delta), residual + delta)."""
+        w = weight(gain, state[gain])
+        outputs = [out, "", "", f"{out}.residual"]
+        nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [delta, residual, w],
+                outputs,
+                domain=CONTRIB,
+                epsilon=arch.norm_eps,
+            )
         )
-    program.save(str(path))
-    return Path(path)
+        return out, outputs[3]
+
+    embed = weight("embed", state["model.embed_tokens.weight"])
+    nodes.append(helper.make_node("Gather", [embed, "input_ids"], ["x"]))
+    cos = weight("cos", model.rope_cos[:, : head_dim // 2].numpy())
+    sin = weight("sin", model.rope_sin[:, : head_dim // 2].numpy())
+    first = "model.layers.0.input_layernorm.weight"
+    nodes.append(  # ORT's RMSNorm (in the ONNX domain despite not being an ONNX operator)
+        helper.make_node(
+            "SimplifiedLayerNormalization",
+            ["x", weight(first, state[first])],
+            ["h0"],
+            axis=-1,
+            epsilon=arch.norm_eps,
+        )
+    )
+    h, residual = "h0", "x"
+    cache = []
+    for i in range(arch.layers):
+        p = f"model.layers.{i}"
+        qkv = linear(h, f"qkv{i}", *(f"{p}.self_attn.{n}_proj" for n in "qkv"))
+        kv = [f"past_key_{i}", f"past_value_{i}", f"present_key_{i}", f"present_value_{i}"]
+        cache += kv
+        nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [qkv, "", "", kv[0], kv[1], "seqlens_k", "total_sequence_length", cos, sin],
+                [f"attn{i}", kv[2], kv[3]],
+                domain=CONTRIB,
+                num_heads=arch.heads,
+                kv_num_heads=arch.kv_heads,
+                do_rotary=1,
+            )
+        )
+        attn = linear(f"attn{i}", f"o{i}", f"{p}.self_attn.o_proj")
+        h, residual = norm(attn, residual, f"{p}.post_attention_layernorm.weight", f"m{i}")
+        gate_up = linear(h, f"gate_up{i}", f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj")
+        gate, up = f"gate{i}", f"up{i}"
+        nodes += [
+            helper.make_node("Split", [gate_up], [gate, up], axis=-1, num_outputs=2),
+            helper.make_node("Sigmoid", [gate], [f"{gate}.sigmoid"]),
+            helper.make_node("Mul", [gate, f"{gate}.sigmoid"], [f"{gate}.silu"]),
+            helper.make_node("Mul", [f"{gate}.silu", up], [f"swiglu{i}"]),
+        ]
+        down = linear(f"swiglu{i}", f"down{i}", f"{p}.mlp.down_proj")
+        last = i == arch.layers - 1
+        gain = "model.norm.weight" if last else f"model.layers.{i + 1}.input_layernorm.weight"
+        h, residual = norm(down, residual, gain, f"h{i + 1}")
+    ends = [weight(n, np.array([v], np.int64)) for n, v in (("-1", -1), ("end", 2**62), ("1", 1))]
+    nodes.append(helper.make_node("Slice", [h, *ends], ["h.last"]))  # each row's last token
+    linear("h.last", "logits", "lm_head")
+
+    cache_shape = ["batch", arch.kv_heads, "context", head_dim]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "lmforge-decoder",
+        [
+            tensor("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            tensor("seqlens_k", TensorProto.INT32, ["batch"]),
+            tensor("total_sequence_length", TensorProto.INT32, []),
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in cache if n.startswith("past")),
+        ],
+        [
+            tensor("logits", TensorProto.FLOAT, ["batch", 1, arch.vocab_size]),
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in cache if n.startswith("pres")),
+        ],
+        weights,
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
+    graph_model = helper.make_model(graph, opset_imports=opsets)
+    data = path.with_name(f"{path.name}.data")
+    data.unlink(missing_ok=True)  # onnx refuses to overwrite it
+    save_model(graph_model, path, save_as_external_data=True, location=data.name)
+    return path
 
 
 class OnnxModel(nn.Module):
-    """A Transformer's forward for the engine (`model(tokens, step=...)` -> logits), computed by
-    onnxruntime from an exported graph. Its one parameter only says where inputs go and the KV
-    cache's dtype: fp32, on the CPU."""
+    """A Transformer's forward for the engine (`model(tokens, step=...)` -> logits of each row's
+    last token), computed by onnxruntime on the engine's cache. The batch's slots must be
+    consecutive (the engine keeps its running sequences in the first slots): their rows are then
+    one block of each layer's cache, bound without a copy. Its one parameter only says where
+    inputs go and the KV cache's dtype: fp32, on the CPU."""
 
     def __init__(self, path: str | Path, arch, threads: int | None = None):
         import onnxruntime
@@ -116,29 +165,46 @@ class OnnxModel(nn.Module):
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
+        self._cache, self._bindings = None, {}
 
     def forward(self, tokens: torch.Tensor, step: Step) -> torch.Tensor:
-        seq = tokens.shape[1]
-        at = step.at(seq)  # (batch, seq) positions of the new tokens
-        past = max(1, int(step.positions.max()))  # a past of length 1, masked, for a prefill
-        cache = step.cache
-        past_keys = cache.k[:, step.slots, :, :past]
-        past_values = cache.v[:, step.slots, :, :past]
-        # Each new token sees its sequence's past (positions before its first new token) and the
-        # new tokens up to itself.
-        seen = torch.arange(past)[None, None, :] < step.positions[:, None, None]
-        causal = torch.ones(seq, seq, dtype=torch.bool).tril().expand(len(tokens), seq, seq)
-        mask = torch.cat([seen.expand(-1, seq, -1), causal], -1)[:, None]
-        feed = {
-            "input_ids": tokens.numpy(),
-            "position_ids": at.numpy(),
-            "past_keys": np.ascontiguousarray(past_keys.numpy()),
-            "past_values": np.ascontiguousarray(past_values.numpy()),
-            "attention_mask": mask.numpy(),
-        }
-        logits, keys, values = self.session.run(list(OUTPUTS), feed)
-        rows = step.slots[:, None]
-        for layer in range(self.arch.layers):  # (batch, kv, seq, dim) -> cache rows at `at`
-            cache.k[layer][rows, :, at] = torch.from_numpy(keys[layer]).transpose(1, 2)
-            cache.v[layer][rows, :, at] = torch.from_numpy(values[layer]).transpose(1, 2)
-        return torch.from_numpy(logits)
+        batch, seq = tokens.shape
+        first = int(step.slots[0])
+        if not torch.equal(step.slots, torch.arange(first, first + batch)):
+            raise ValueError(f"the onnx runtime needs consecutive cache slots, not {step.slots}")
+        lengths = step.positions + seq
+        binding = self._binding(step.cache, first, batch)
+        binding.bind_cpu_input("input_ids", tokens.numpy())
+        binding.bind_cpu_input("seqlens_k", (lengths - 1).int().numpy())
+        binding.bind_cpu_input("total_sequence_length", np.array(int(lengths.max()), np.int32))
+        logits = torch.empty(batch, 1, self.arch.vocab_size)
+        binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return logits
+
+    def _binding(self, cache: KVCache, first: int, batch: int):
+        """An IOBinding with the cache rows first..first+batch of every layer as past and present
+        (32 bindings for the small preset: 0.3 ms, so made once per block of rows and kept while
+        the cache is the same)."""
+        key = (cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape)
+        if key != self._cache:
+            self._cache, self._bindings = key, {}
+        if (first, batch) not in self._bindings:
+            binding = self.session.io_binding()
+            for layer in range(self.arch.layers):
+                for name, kv in (("key", cache.k), ("value", cache.v)):
+                    rows = kv[layer, first : first + batch]  # contiguous: (batch, kv, ctx, dim)
+                    for io, bind in (
+                        ("past", binding.bind_input),
+                        ("present", binding.bind_output),
+                    ):
+                        bind(
+                            f"{io}_{name}_{layer}",
+                            "cpu",
+                            0,
+                            np.float32,
+                            rows.shape,
+                            rows.data_ptr(),
+                        )
+            self._bindings[first, batch] = binding
+        return self._bindings[first, batch]

@@ -3,7 +3,7 @@ one gives its slot back."""
 
 import threading
 
-from lmforge.jobs.generate import Sampling
+from lmforge.jobs.generate import Sampling, generate
 from lmforge.jobs.serve.engine import Engine, Output
 
 
@@ -46,6 +46,32 @@ def test_a_new_request_joins_the_running_batch(loaded):
         engine.close()
 
 
+def test_sequences_that_move_slots_keep_their_text(loaded):
+    """Requests of different lengths over 3 slots: as each finishes, the last running sequence
+    moves into its slot (the running ones always hold slots 0..n-1), and every reply still equals
+    its greedy continuation generated alone."""
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, slots=3)
+    layouts = []
+    engine.on_step = lambda batch, queued: layouts.append([r.slot for r in engine.running])
+    prompts = ["def load(", "import json\n", "class A", "    return ", "# Copy", "if x:"]
+    lengths = [3, 20, 7, 15, 11, 5]
+    try:
+        done = [Collect() for _ in prompts]
+        for prompt, n, collect in zip(prompts, lengths, done, strict=True):
+            ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+            engine.submit(ids, Sampling(n, temperature=0), collect)
+        assert all(c.done.wait(60) for c in done)
+    finally:
+        engine.close()
+    assert all(slots == list(range(len(slots))) for slots in layouts)
+    assert any(len(slots) == 3 for slots in layouts)
+    for prompt, n, collect in zip(prompts, lengths, done, strict=True):
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        alone = tokenizer.decode(generate(model, ids, Sampling(n, temperature=0), engine.eos))
+        assert "".join(o.text for o in collect.outputs) == alone
+
+
 def test_cancelled_request_frees_its_slot(loaded):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, slots=1)
@@ -65,7 +91,7 @@ def test_cancelled_request_frees_its_slot(loaded):
         gate.set()
         assert second.done.wait(10)  # only one slot: it ran because the first let go
         assert len(first.outputs) == 1 and not first.done.is_set()  # nothing more for it
-        assert engine.free == [0]
+        assert engine.running == []
     finally:
         engine.close()
 
