@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -98,6 +99,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     console, state = Console(), State(args.state)
     runner = Runner(state, console)
+    # SIGTERM (`timeout`, a service manager) stops the run as Ctrl-C does: the stage in progress
+    # checkpoints and the servers stop. Left to the default, we would die and leave the trainer
+    # and the servers, which run in sessions of their own, behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
             code = runner.run(ordered)
@@ -117,7 +122,12 @@ def run_command(args: argparse.Namespace) -> int:
         for _, process, _ in runner.servers:
             process.terminate()
             process.wait(30)
+        signal.signal(signal.SIGTERM, previous)
     return code
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def get_command(args: argparse.Namespace) -> int:

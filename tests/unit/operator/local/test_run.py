@@ -160,7 +160,11 @@ def test_a_spec_change_reruns_only_that_stage_and_what_follows(tmp_path, capsys)
     assert status(state, "PretrainJob", "mini-model")["progress"] == "9/9"
 
 
-def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path, stop):
+    """Ctrl-C (SIGINT to the foreground process), or SIGTERM as `timeout` and service managers
+    send: the trainer checkpoints and stops (it runs in its own session, so it would otherwise
+    outlive us), and the rerun resumes."""
     files, state = write(tmp_path / "files", steps=60), tmp_path / "state"
     command = [
         sys.executable,
@@ -180,7 +184,7 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path):
         if progress.exists() and '"step": 5,' in progress.read_text():
             break
         time.sleep(0.1)
-    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    runner.send_signal(stop)
     output, _ = runner.communicate(timeout=300)
     assert runner.returncode == 130, output
     stopped = status(state, "PretrainJob", "mini-model")
