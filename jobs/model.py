@@ -56,7 +56,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class KVCache:
     """Keys and values of every layer for `slots` sequences of up to `length` tokens: the state
-    of incremental decoding. Each sequence keeps its slot from its prompt to its last token."""
+    of incremental decoding. A sequence's slot is where its keys and values are; the server's
+    engine moves a sequence to another slot with `move`."""
 
     def __init__(
         self, arch: Architecture, slots: int, length: int | None = None, dtype=torch.float32

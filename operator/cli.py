@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -103,12 +104,12 @@ def run_command(args: argparse.Namespace) -> int:
     # checkpoints and the servers stop. Left to the default, we would die and leave the trainer
     # and the servers, which run in sessions of their own, behind.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    code = 130
     try:
         try:
             code = runner.run(ordered)
         except KeyboardInterrupt:
             console.print("stopped; `lmforge run` again continues where this run stopped")
-            code = 130
         console.print(f"report: {report.write(state)}")
         if code == 0 and runner.servers and not args.no_serve:
             for name, _, endpoint in runner.servers:
@@ -118,10 +119,17 @@ def run_command(args: argparse.Namespace) -> int:
             runner.servers[0][1].wait()
     except KeyboardInterrupt:
         pass
-    finally:
+    finally:  # a second Ctrl-C or SIGTERM must not cut this short and orphan a server
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for _, process, _ in runner.servers:
             process.terminate()
-            process.wait(30)
+        for _, process, _ in runner.servers:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, previous)
     return code
 

@@ -180,9 +180,8 @@ class Engine:
         if request in self.running:  # the last sequence moves into its slot
             last = self.running.pop()
             if last is not request:
-                self.running[request.slot] = last
                 self.cache.move(last.slot, request.slot, len(last.prompt) + len(last.tokens))
-                last.slot = request.slot
+                self.running[request.slot], last.slot = last, request.slot
         if reason is not None:
             if text is None:
                 text = self.tokenizer.decode(request.tokens)
