@@ -86,17 +86,17 @@ def export(model: Transformer, path: str | Path) -> Path:
         )
     )
     h, residual = "h0", "x"
-    cache = []
+    past, present = [], []  # past_key_0, past_value_0, ...; present_key_0, ...
     for i in range(arch.layers):
         p = f"model.layers.{i}"
         qkv = linear(h, f"qkv{i}", *(f"{p}.self_attn.{n}_proj" for n in "qkv"))
-        kv = [f"past_key_{i}", f"past_value_{i}", f"present_key_{i}", f"present_value_{i}"]
-        cache += kv
+        past += [f"past_key_{i}", f"past_value_{i}"]
+        present += [f"present_key_{i}", f"present_value_{i}"]
         nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [qkv, "", "", kv[0], kv[1], "seqlens_k", "total_sequence_length", cos, sin],
-                [f"attn{i}", kv[2], kv[3]],
+                [qkv, "", "", *past[-2:], "seqlens_k", "total_sequence_length", cos, sin],
+                [f"attn{i}", *present[-2:]],
                 domain=CONTRIB,
                 num_heads=arch.heads,
                 kv_num_heads=arch.kv_heads,
@@ -130,11 +130,11 @@ def export(model: Transformer, path: str | Path) -> Path:
             tensor("input_ids", TensorProto.INT64, ["batch", "seq"]),
             tensor("seqlens_k", TensorProto.INT32, ["batch"]),
             tensor("total_sequence_length", TensorProto.INT32, []),
-            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in cache if n.startswith("past")),
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in past),
         ],
         [
             tensor("logits", TensorProto.FLOAT, ["batch", 1, arch.vocab_size]),
-            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in cache if n.startswith("pres")),
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in present),
         ],
         weights,
     )
