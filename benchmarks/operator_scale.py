@@ -33,10 +33,13 @@ sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 from controlplane import ControlPlane, build, free_port  # noqa: E402
 
+from lmforge.operator.api.common import Artifact  # noqa: E402
 from lmforge.operator.api.pretrainjob import PretrainJob  # noqa: E402
-from lmforge.operator.render import training  # noqa: E402
+from lmforge.operator.render.gang import GANG  # noqa: E402
 from lmforge.operator.render.names import Owner  # noqa: E402
-from lmforge.operator.render.pods import Defaults, storage  # noqa: E402
+from lmforge.operator.render.pods import Defaults, Rendering  # noqa: E402
+from lmforge.operator.stages import STAGES  # noqa: E402
+from lmforge.operator.stages.base import storage  # noqa: E402
 
 GROUP, VERSION = "lmforge.dev", "v1alpha1"
 NAMESPACE, DIRECT = "bench", "bench-direct"
@@ -199,11 +202,13 @@ def direct_run(jobs: int) -> dict:
     for name in names:
         began = time.monotonic()
         job = PretrainJob.model_validate(pretrainjob(name))
-        store = storage(job.spec.storage, Defaults())
-        config = training.pretrain_config(job, DATASET_URI, store)
+        store = storage(job.spec.storage, Defaults().store)
+        stage = STAGES["PretrainJob"]
+        description = stage.describe(job, {"spec.datasetRef": Artifact(uri=DATASET_URI)}, store)
         owner = Owner(f"{GROUP}/{VERSION}", "PretrainJob", name, DIRECT, "0")
-        gang = training.gang(owner, job.spec, config, 0, Defaults(), store)
-        for child in (gang.config_map, gang.service, *gang.pods):
+        r = Rendering(owner, job, stage.role, description, Defaults(), store)
+        lasting, pods = GANG.children(r, 0)
+        for child in (*lasting, *pods):
             child["metadata"].pop("ownerReferences", None)
             create[child["kind"]](DIRECT, child)
         created[name] = began

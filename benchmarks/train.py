@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from lmforge.jobs import sizing
 from lmforge.jobs.data import pipeline
 from lmforge.jobs.data.reader import ShardReader
 from lmforge.jobs.model import Transformer
+from lmforge.operator.api import sizing
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.dataset import DatasetSpec
+from lmforge.operator.api.events import parse
 
 CUDA = torch.cuda.is_available()
 
@@ -85,7 +86,6 @@ def trainer(out: Path, arch: dict, dataset: str, steps: int, batch: int, length:
     config = {
         "name": "bench", "architecture": arch, "datasetUri": dataset,
         "checkpointUri": (run / "checkpoints").as_uri(), "outputUri": (run / "model").as_uri(),
-        "progressPath": str(run / "progress.jsonl"),
         "training": {"steps": steps, "globalBatchTokens": batch * (length + 1), "microBatch": batch,
                      "optimizer": {"lr": lr}, "schedule": {"warmupSteps": 10},
                      "checkpoint": {"everySteps": checkpoint_every, "keep": 1},
@@ -94,8 +94,8 @@ def trainer(out: Path, arch: dict, dataset: str, steps: int, batch: int, length:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(config))
     command = [sys.executable, "-m", "lmforge.jobs.train", "--config", str(run / "config.json")]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    return parse(done.stdout)
 
 
 def matmul_flops(seconds: float = 3.0) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from .model import KVCache, Step, Transformer
+from lmforge.jobs.model import KVCache, Step, Transformer
 
 EOS = "<|eos|>"
 

@@ -14,10 +14,9 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save
 
+from lmforge.jobs.storage import filesystem, join, write_atomic
 from lmforge.operator.api.architecture import Architecture
-
-from .sizing import parameter_shapes
-from .storage import filesystem, join, write_atomic
+from lmforge.operator.api.sizing import parameter_shapes
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 SCORE = "score.weight"

@@ -10,7 +10,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .data.stdlib import register
+from lmforge.jobs.data.stdlib import register
 
 register()
 

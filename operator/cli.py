@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from . import manifest, plan
-from .api import KINDS
-from .api.crd import crd
-from .api.reference import markdown
-from .validate import validate
+from lmforge.operator import manifest, plan
+from lmforge.operator.api import KINDS
+from lmforge.operator.api.crd import crd
+from lmforge.operator.api.events import DONE, latest
+from lmforge.operator.api.reference import markdown
+from lmforge.operator.validate import validate
 
 
 def generated(crd_dirs: list[Path], docs: Path) -> dict[Path, str]:
@@ -56,10 +58,14 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def data_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    import tempfile
 
-    from lmforge.jobs.data.job import run_with_progress  # the data extra: pyarrow, tokenizers
-    from lmforge.jobs.data.pipeline import DataError
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from lmforge.operator.local.runner import COLUMNS, StageError, complete
+    from lmforge.operator.stages import STAGES
+    from lmforge.operator.stages.base import Store, storage
 
     resources, problems = validate(args.file)
     datasets = [r for _, r in resources if r.kind == "Dataset"]
@@ -70,22 +76,52 @@ def data_run(args: argparse.Namespace) -> int:
             print(f"{args.file}: expected one Dataset, found {len(datasets)}", file=sys.stderr)
         return 1
     dataset = datasets[0]
-    output = args.output or dataset.spec.output.uri or dataset.artifact_uri(default_storage())
+    if args.output:
+        output = dataset.spec.output.model_copy(update={"uri": args.output})
+        dataset = dataset.model_copy(
+            update={"spec": dataset.spec.model_copy(update={"output": output})}
+        )
+    stage, console = STAGES["Dataset"], Console()
+    description = stage.describe(
+        dataset, {}, storage(dataset.spec.storage, Store(default_storage()))
+    )
+    status = dataset.status_class()(lineage=description.lineage)
     try:
-        run_with_progress(dataset, output, Console())
-    except DataError as error:
-        print(f"{args.file}: Dataset/{dataset.metadata.name}: {error}", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as folder, Progress(*COLUMNS, console=console) as bars:
+            events = complete(stage, description, Path(folder), status, bars, dataset.metadata.name)
+    except StageError as error:
+        print(f"{args.file}: Dataset/{dataset.metadata.name}: {error.message}", file=sys.stderr)
         return 1
+    console.print(data_summary(latest(events, DONE), description.config.output_uri))
     return 0
+
+
+def data_summary(done: dict, output_uri: str):
+    """The table `lmforge data run` prints: each split's figures from the job's done event."""
+    from rich.table import Table
+
+    table = Table(title=f"Dataset at {output_uri}", show_header=True)
+    for column in ("split", "documents", "sequences", "tokens", "shards"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, split in done["splits"].items():
+        table.add_row(name, f"{split['documents']:,}", f"{split['sequences']:,}",
+                      f"{split['tokens']:,}", str(split["shards"]))  # fmt: skip
+    seconds = done.get("seconds")
+    took = f"{seconds:.1f} s" if seconds is not None else "already complete: nothing to do"
+    table.caption = (
+        f"vocabulary {done['vocabSize']:,}, sequences of {done['sequenceLength']} tokens,"
+        f" {took}; audit.json has the details"
+    )
+    return table
 
 
 def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .local import report
-    from .local.graph import GraphError, order
-    from .local.runner import Runner
-    from .local.state import State
+    from lmforge.operator.local import report
+    from lmforge.operator.local.graph import GraphError, order
+    from lmforge.operator.local.runner import Runner
+    from lmforge.operator.local.state import State
 
     located, problems = validate(args.file)
     where = {(r.kind, r.metadata.name): file for file, r in located}
@@ -139,8 +175,8 @@ def _interrupt(signum: int, frame) -> None:
 
 
 def get_command(args: argparse.Namespace) -> int:
-    from .local.show import kind_named, table
-    from .local.state import State
+    from lmforge.operator.local.show import kind_named, table
+    from lmforge.operator.local.state import State
 
     state = State(args.state)
     kinds = [kind_named(args.kind)] if args.kind else list(KINDS)
@@ -156,8 +192,8 @@ def get_command(args: argparse.Namespace) -> int:
 
 
 def describe_command(args: argparse.Namespace) -> int:
-    from .local.show import describe, kind_named
-    from .local.state import State
+    from lmforge.operator.local.show import describe, kind_named
+    from lmforge.operator.local.state import State
 
     kind_text, _, name = args.resource.partition("/")
     kind = kind_named(kind_text)
@@ -170,9 +206,9 @@ def describe_command(args: argparse.Namespace) -> int:
 
 
 def lineage_command(args: argparse.Namespace) -> int:
-    from . import lineage
-    from .local.show import kind_named
-    from .local.state import State
+    from lmforge.operator import lineage
+    from lmforge.operator.local.show import kind_named
+    from lmforge.operator.local.state import State
 
     objects = lineage.from_cluster(args.namespace) if args.kube else State(args.state).all()
     where = (
@@ -201,15 +237,15 @@ def lineage_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from lmforge.jobs.serve.__main__ import main as serve_main  # the serve extra: torch, fastapi
-
-    return serve_main(args.serve_args)
+    """The server is a job (the serve extra: torch, fastapi): run its module in this process's
+    place, as a Deployment's pod runs it."""
+    os.execv(sys.executable, [sys.executable, "-m", "lmforge.jobs.serve", *args.serve_args])
 
 
 def operator_command(args: argparse.Namespace) -> int:
-    from .main import main as operator_main  # the operator extra: kopf, kubernetes
+    from lmforge.operator.main import main as operator_main  # the operator extra: kopf, kubernetes
 
-    return operator_main(args.kopf_args)
+    return operator_main(args.operator_args)
 
 
 def default_storage() -> str:
@@ -284,7 +320,11 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser(
         "operator", help="run the operator (kopf) against the current cluster", add_help=False
     )
-    sub.add_argument("kopf_args", nargs=argparse.REMAINDER, help="passed to `kopf run`")
+    sub.add_argument(
+        "operator_args",
+        nargs=argparse.REMAINDER,
+        help="the operator's own options (see `lmforge operator -h`: -n NAMESPACE, --liveness)",
+    )
     sub.set_defaults(run=operator_command)
 
     sub = commands.add_parser(
@@ -309,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         return serve_command(argparse.Namespace(serve_args=argv[1:]))
     if argv[:1] == ["operator"]:
-        return operator_command(argparse.Namespace(kopf_args=argv[1:]))
+        return operator_command(argparse.Namespace(operator_args=argv[1:]))
     args = parser().parse_args(argv)
     return args.run(args)
 

@@ -1,4 +1,5 @@
-"""The one module that talks to the Kubernetes API (besides kopf's own watching and events).
+"""The operator's calls to the Kubernetes API (besides kopf's own watching and events; `lmforge
+lineage --kube` lists resources with a client of its own, operator/lineage.py).
 
 Objects go in and come out as plain dicts, as the API serves them (camelCase), so the renderers
 and the status logic never see a client model. Every method is one or two API calls; retrying is
@@ -17,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from .api.base import GROUP, VERSION
+from lmforge.operator.api.base import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -99,8 +99,8 @@ def from_cluster(namespace: str | None) -> list[Obj]:
     the current kubeconfig context (or the pod's service account)."""
     from kubernetes import client, config  # the operator extra
 
-    from .api import KINDS
-    from .api.base import GROUP, VERSION
+    from lmforge.operator.api import KINDS
+    from lmforge.operator.api.base import GROUP, VERSION
 
     try:
         config.load_kube_config()

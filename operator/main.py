@@ -15,17 +15,19 @@ from typing import Any
 
 import kopf
 
-from .handlers import (  # noqa: F401
-    dataset,
-    deployment,
-    evaluation,
-    finetune,
-    pretrainjob,
-    telemetry,
-)
-from .handlers.settings import SETTINGS
+from lmforge.operator.api.telemetry import setup as export_telemetry
+from lmforge.operator.handlers.deployment import server_pass
+from lmforge.operator.handlers.reconcile import job_pass, register
+from lmforge.operator.handlers.settings import SETTINGS
+from lmforge.operator.stages import STAGES
 
 PREFIX = "lmforge.dev"
+
+for _kind, _stage in STAGES.items():
+    register(_kind, server_pass if _stage.serves else job_pass)
+
+for _kind, _stage in STAGES.items():
+    register(_kind, server_pass if _stage.serves else job_pass)
 
 
 @kopf.on.startup()
@@ -53,7 +55,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     objects = logging.getLogger("kopf.objects")
     if objects.getEffectiveLevel() == logging.INFO:
         objects.setLevel(logging.WARNING)
-    exporting = telemetry.setup()
+    exporting = export_telemetry("lmforge-operator")
     logger.info(
         "lmforge operator: reconcile every %ss, job image %s, default storage %s, OTLP %s",
         SETTINGS.interval_seconds,

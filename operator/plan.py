@@ -16,7 +16,7 @@ the embedding. See `activation_bytes` for activations. A tenth of each GPU's mem
 for the CUDA context, communication buffers and allocator fragmentation.
 
 Throughput is what the stated MFU implies: gpus * peak bf16 FLOP/s * mfu / FLOPs per token
-(jobs/sizing.py), times a stated rule-of-thumb factor for the interconnect between nodes.
+(operator/api/sizing.py), times a stated rule-of-thumb factor for the interconnect between nodes.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
-from lmforge.jobs.sizing import (
+from lmforge.operator.api.architecture import PRESETS, Architecture
+from lmforge.operator.api.sizing import (
     GPUS,
     layer_parameter_count,
     parameter_count,
     training_flops_per_token,
 )
-
-from .api.architecture import PRESETS, Architecture
-from .validate import field_path
+from lmforge.operator.validate import field_path
 
 GIB = 2**30
 USABLE_MEMORY = 0.9
@@ -138,7 +137,9 @@ def memory_estimates(
 
 
 @dataclass(frozen=True)
-class Plan:
+class Estimate:
+    """What a training run would take: its memory per GPU, throughput and cost."""
+
     arch: Architecture
     hardware: Hardware
     seq_len: int
@@ -171,7 +172,7 @@ class Plan:
 
 def plan(
     arch: Architecture, hw: Hardware, seq_len: int, micro_batch: int, mfu: float, tokens: int | None
-) -> Plan:
+) -> Estimate:
     """Estimates for training arch on hw; tokens=None means 20 per parameter (Chinchilla)."""
     arch = arch.resolved()
     if seq_len > arch.context_length:
@@ -180,7 +181,7 @@ def plan(
             " lower it or raise --context-length"
         )
     parameters = parameter_count(arch)
-    return Plan(
+    return Estimate(
         arch=arch,
         hardware=hw,
         seq_len=seq_len,
@@ -193,7 +194,7 @@ def plan(
     )
 
 
-def refusal(p: Plan) -> str:
+def refusal(p: Estimate) -> str:
     """Why nothing fits, by how much, and what would make it fit."""
     hw = p.hardware
     leanest = min((m for m in p.memory if m.available), key=lambda m: m.total_bytes)
@@ -222,7 +223,7 @@ def refusal(p: Plan) -> str:
     return message + " To fit: " + "; or ".join(fixes) + "."
 
 
-def text(p: Plan) -> str:
+def text(p: Estimate) -> str:
     """The plan for a person to read."""
     a, hw = p.arch, p.hardware
     lines = [
@@ -254,7 +255,7 @@ def text(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def as_dict(p: Plan) -> dict:
+def as_dict(p: Estimate) -> dict:
     """The plan for a program to read: bytes, seconds, FLOPs."""
     usable = p.hardware.usable_bytes
     return {
@@ -315,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_from_args(args: argparse.Namespace) -> Plan:
-    """The Plan the command line asks for; ValueError saying which flag is wrong."""
+def plan_from_args(args: argparse.Namespace) -> Estimate:
+    """The Estimate the command line asks for; ValueError saying which flag is wrong."""
     for flag in ("nodes", "gpus_per_node", "micro_batch", "tokens", "seq_len", "gpu_memory_gb"):
         value = getattr(args, flag)
         if value is not None and value <= 0:

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import manifest
-from .api import API_VERSION, KINDS, Resource
+from lmforge.operator import manifest
+from lmforge.operator.api import API_VERSION, KINDS, Resource
 
 _MESSAGES = {"missing": "Required value", "extra_forbidden": "unknown field"}
 

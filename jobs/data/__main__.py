@@ -1,5 +1,5 @@
 import sys
 
-from .job import main
+from lmforge.jobs.data.job import main
 
 sys.exit(main())

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.jobs.data import engines, shards, sources, tokenize
+from lmforge.jobs.data.clean import Cleaner
+from lmforge.jobs.data.dedup import NearDuplicateIndex, Signer, content_hash
+from lmforge.jobs.data.filters import Blocker, Pii, quality
 from lmforge.jobs.storage import filesystem, join, write_atomic
 from lmforge.operator.api.dataset import DatasetSpec
-
-from . import engines, shards, sources, tokenize
-from .clean import Cleaner
-from .dedup import NearDuplicateIndex, Signer, content_hash
-from .filters import Blocker, Pii, quality
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, done, total)"""

@@ -19,9 +19,8 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from lmforge.jobs.data import shards
 from lmforge.jobs.storage import filesystem, join
-
-from . import shards
 
 
 class Sequences:

@@ -1,4 +1,5 @@
-"""`python -m lmforge.jobs.eval --config CONFIG.json --out RESULTS.json`"""
+"""`python -m lmforge.jobs.eval --config CONFIG.json`: score a model on each task, write
+results.json where the config says, and report every metric and the gate in the `done` event."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from tokenizers import Tokenizer
 
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
+from lmforge.jobs.eval import tasks
+from lmforge.jobs.eval.perplexity import perplexity
 from lmforge.jobs.generate import sample
 from lmforge.jobs.model import Scorer, Transformer
-from lmforge.jobs.storage import filesystem, join
-
-from . import tasks
-from .config import EvalConfig, passed
-from .perplexity import perplexity
+from lmforge.jobs.storage import filesystem, join, write_atomic
+from lmforge.operator.api import events
+from lmforge.operator.api.evaluation import Threshold
+from lmforge.operator.api.events import Exit
+from lmforge.operator.api.jobs import EvalConfig
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -81,7 +84,6 @@ def _scorer(uri: str, tokenizer: Tokenizer, config: EvalConfig, task: str) -> Sc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmforge.jobs.eval")
     parser.add_argument("--config", required=True)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     with open(args.config) as stream:
         config = EvalConfig.model_validate_json(stream.read())
@@ -89,11 +91,31 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             report = evaluate(config)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    with open(args.out, "w") as out:
-        json.dump(report, out, indent=2)
-    return 0
+        events.error(str(error))
+        return Exit.CONFIG_ERROR
+    fs, path = filesystem(config.results_uri, config.endpoint_url)
+    write_atomic(fs, path, json.dumps(report, indent=2).encode())
+    events.finish(
+        output=config.results_uri,
+        results=report["results"],
+        passed=report["passed"],
+        missed=report["missed"],
+    )
+    return Exit.DONE
+
+
+def passed(results: dict[str, float], thresholds: list[Threshold]) -> tuple[bool, list[str]]:
+    """Whether every threshold holds, and a line for each that does not."""
+    missed = []
+    for t in thresholds:
+        value = results.get(t.metric)
+        if value is None:
+            missed.append(f"{t.metric}: no such result (have {', '.join(sorted(results))})")
+        elif t.min is not None and value < t.min:
+            missed.append(f"{t.metric} = {value:.4g} is below the minimum {t.min:g}")
+        elif t.max is not None and value > t.max:
+            missed.append(f"{t.metric} = {value:.4g} is above the maximum {t.max:g}")
+    return not missed, missed
 
 
 if __name__ == "__main__":

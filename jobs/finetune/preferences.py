@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from lmforge.jobs.finetune.data import IGNORE, ExampleError, read_row, tokens
 from lmforge.jobs.storage import filesystem, jsonl
-
-from .data import IGNORE, ExampleError, read_row, tokens
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ import torch
 import uvicorn
 from tokenizers import Tokenizer
 
-from .. import hf
-from ..model import Transformer
-from ..storage import filesystem, join
-from .app import create_app
-from .config import ServeConfig
-from .engine import Engine
+from lmforge.jobs import hf
+from lmforge.jobs.model import Transformer
+from lmforge.jobs.serve.app import create_app
+from lmforge.jobs.serve.engine import Engine
+from lmforge.jobs.storage import filesystem, join
+from lmforge.operator.api import telemetry
+from lmforge.operator.api.jobs import ServeConfig
 
 
 def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
@@ -32,7 +33,7 @@ def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
     if config.quantization == "int8":
         model = quantize_int8(model)
     if config.runtime == "onnx":
-        from .onnx import OnnxModel, export
+        from lmforge.jobs.serve.onnx import OnnxModel, export
 
         with tempfile.TemporaryDirectory(prefix="lmforge-onnx-") as folder:  # read at load
             model = OnnxModel(export(model, Path(folder) / "model.onnx"), arch)
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.audit_log:
         handler = logging.FileHandler(config.audit_log)
         logging.getLogger("lmforge.audit").addHandler(handler)
-    from lmforge.operator.handlers.telemetry import setup as export_telemetry
-
-    export_telemetry("lmforge-serve")  # spans per request, when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    telemetry.setup("lmforge-serve")  # spans per request, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     model, tokenizer = load(config)
     engine = Engine(model, tokenizer, config.slots)
     app = create_app(config, engine)

@@ -28,12 +28,12 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..chat import ROLES, render
-from ..generate import Sampling
-from ..storage import filesystem, join, write_atomic
-from .config import ServeConfig
-from .engine import Engine, Output
-from .guard import ApiError, Keys, Limiter, SafetyFilter
+from lmforge.jobs.chat import ROLES, render
+from lmforge.jobs.generate import Sampling
+from lmforge.jobs.serve.engine import Engine, Output
+from lmforge.jobs.serve.guard import ApiError, Keys, Limiter, SafetyFilter
+from lmforge.jobs.storage import filesystem, join, write_atomic
+from lmforge.operator.api.jobs import ServeConfig
 
 audit = logging.getLogger("lmforge.audit")
 tracer = trace.get_tracer("lmforge.serve")

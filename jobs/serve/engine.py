@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from ..generate import EOS, Sampling, pick
-from ..model import KVCache, Step, Transformer
+from lmforge.jobs.generate import EOS, Sampling, pick
+from lmforge.jobs.model import KVCache, Step, Transformer
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, save_model
 from torch import nn
 
-from ..model import KVCache, Step, Transformer
+from lmforge.jobs.model import KVCache, Step, Transformer
 
 OPSET, CONTRIB = 21, "com.microsoft"
 

@@ -11,10 +11,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError, TrainConfig
-from .trainer import Trainer
-
-CONFIG_ERROR = 2
+from lmforge.jobs.train.trainer import Trainer
+from lmforge.operator.api import events
+from lmforge.operator.api.events import Exit
+from lmforge.operator.api.jobs import ConfigError, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return Trainer(config).train()
     except ConfigError as error:
         if dist.get_rank() == 0:
-            print(f"error: {error}", file=sys.stderr)
-        return CONFIG_ERROR
+            events.error(str(error))
+        return Exit.CONFIG_ERROR
     finally:
         dist.destroy_process_group()
 

@@ -29,21 +29,21 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from lmforge.jobs import hf, sizing
+from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
 from lmforge.jobs.generate import EOS, Sampling
 from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import filesystem, join
+from lmforge.jobs.train import objectives
+from lmforge.jobs.train.checkpoint import Checkpointer
+from lmforge.jobs.train.schedule import lr_multiplier
+from lmforge.jobs.train.telemetry import Telemetry
+from lmforge.operator.api import sizing
+from lmforge.operator.api.events import Exit
+from lmforge.operator.api.jobs import ConfigError, TrainConfig
 from lmforge.operator.api.training import Optimizer
 
-from . import objectives
-from .checkpoint import Checkpointer
-from .config import ConfigError, TrainConfig
-from .schedule import lr_multiplier
-from .telemetry import Telemetry
-
 log = logging.getLogger("lmforge.train")
-PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint, as if killed by SIGTERM
 
 
 class Trainer:
@@ -93,7 +93,7 @@ class Trainer:
         self.checkpointer = Checkpointer(
             config.checkpoint_uri, t.checkpoint.keep, config.endpoint_url, t.checkpoint.async_save
         )
-        self.telemetry = Telemetry(self.rank, config.progress_path, config.name)
+        self.telemetry = Telemetry(self.rank, config.name)
         self.step, self.stop_requested = 0, False
         self.flops_per_token = sizing.training_flops_per_token(self.arch, length)
 
@@ -165,7 +165,7 @@ class Trainer:
             if stop:
                 self.checkpointer.wait()
                 self.telemetry.event("preempted", step=self.step)
-                return PREEMPTED
+                return Exit.PREEMPTED
         self.checkpointer.wait()
         self.export()
         self.telemetry.event("done", step=self.step, output=self.config.output_uri)

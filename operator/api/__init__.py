@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import API_VERSION, GROUP, VERSION
-from .dataset import Dataset
-from .deployment import Deployment
-from .evaluation import Evaluation
-from .finetune import FineTune
-from .pretrainjob import PretrainJob
-from .resource import Resource
-from .rewardmodel import RewardModel
+from lmforge.operator.api.base import API_VERSION, GROUP, VERSION
+from lmforge.operator.api.dataset import Dataset
+from lmforge.operator.api.deployment import Deployment
+from lmforge.operator.api.evaluation import Evaluation
+from lmforge.operator.api.finetune import FineTune
+from lmforge.operator.api.pretrainjob import PretrainJob
+from lmforge.operator.api.resource import Resource
+from lmforge.operator.api.rewardmodel import RewardModel
 
 KINDS: dict[str, type[Resource]] = {
     k.model_fields["kind"].default: k

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import Model, Rule
+from lmforge.operator.api.base import Model, Rule
 
 # Llama-style shapes, from one that trains in CPU minutes to the ~1B class (Llama 3.2 1B's shape).
 PRESETS: dict[str, dict[str, int]] = {

@@ -95,6 +95,17 @@ class Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class Reference(NamedTuple):
+    """An edge of the lifecycle graph: this resource reads what another one made."""
+
+    field: str
+    """Where the reference is, e.g. spec.baseModel.fineTuneRef."""
+    kind: str
+    name: str
+    output: str | None = None
+    """Which of the referenced resource's outputs (by kind); its first when unset."""
+
+
 class LocalRef(Model):
     """A reference to another lmforge resource in the same namespace."""
 

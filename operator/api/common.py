@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from .base import NAME_PATTERN, QUANTITY_PATTERN, URI_PATTERN, LocalRef, Model, Rule
+from lmforge.operator.api.base import (
+    NAME_PATTERN,
+    QUANTITY_PATTERN,
+    URI_PATTERN,
+    LocalRef,
+    Model,
+    Reference,
+    Rule,
+)
+from lmforge.operator.api.conditions import COMPLETED, FAILED, RUNNING, SUCCEEDED
 
 
 class Toleration(Model):
@@ -93,6 +103,14 @@ class ModelSource(Model):
         ),
     )
 
+    def references(self, field: str) -> list[Reference]:
+        """The resource this source names, if it names one; `field` is where the source is."""
+        if self.pretrain_job_ref:
+            return [Reference(f"{field}.pretrainJobRef", "PretrainJob", self.pretrain_job_ref.name)]
+        if self.fine_tune_ref:
+            return [Reference(f"{field}.fineTuneRef", "FineTune", self.fine_tune_ref.name)]
+        return []
+
 
 class ModelRef(Model):
     """A trained model: the output of a PretrainJob or a FineTune."""
@@ -110,6 +128,15 @@ class Workload(Model):
 
 
 # ----- status -----
+
+
+def timestamp(moment: datetime.datetime) -> str:
+    """A time as the API writes it: RFC 3339 in UTC, to the second."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
 class Condition(Model):
@@ -154,7 +181,10 @@ Phase = Literal["Pending", "Waiting", "Running", "Suspended", "Succeeded", "Fail
 
 
 class Status(Model):
-    """What every kind reports."""
+    """What every kind reports. Both backends change a status only through these methods and
+    typed assignments (checked), and write it out with `wire()`."""
+
+    model_config = ConfigDict(frozen=False, validate_assignment=True)
 
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -162,6 +192,55 @@ class Status(Model):
     start_time: str | None = None
     completion_time: str | None = None
     lineage: Lineage | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """As written to the API: what is set, without the fields still at their defaults (no
+        empty conditions, no restarts: 0)."""
+        fields = type(self).model_fields
+        unset = {
+            k
+            for k, f in fields.items()
+            if getattr(self, k) == f.get_default(call_default_factory=True)
+        }
+        return self.model_dump(by_alias=True, exclude_none=True, exclude=unset, mode="json")
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def set_condition(
+        self, type_: str, value: bool, reason: str, message: str, now: datetime.datetime
+    ) -> None:
+        """Add or update a condition; lastTransitionTime moves only when its status flips."""
+        text = "True" if value else "False"
+        found = self.condition(type_)
+        moved = found is None or found.status != text
+        updated = Condition(
+            type=type_,
+            status=text,
+            reason=reason,
+            message=message,
+            last_transition_time=timestamp(now) if moved else found.last_transition_time,
+            observed_generation=self.observed_generation,
+        )
+        others = [c for c in self.conditions if c.type != type_]
+        at = self.conditions.index(found) if found else len(others)
+        self.conditions = [*others[:at], updated, *others[at:]]
+
+    def is_true(self, type_: str) -> bool:
+        found = self.condition(type_)
+        return found is not None and found.status == "True"
+
+    def fail(self, reason: str, message: str, now: datetime.datetime) -> None:
+        self.phase = "Failed"
+        self.completion_time = self.completion_time or timestamp(now)
+        self.set_condition(RUNNING, False, reason, message, now)
+        self.set_condition(FAILED, True, reason, message, now)
+
+    def succeed(self, message: str, now: datetime.datetime) -> None:
+        self.phase = "Succeeded"
+        self.completion_time = self.completion_time or timestamp(now)
+        self.set_condition(RUNNING, False, COMPLETED, message, now)
+        self.set_condition(SUCCEEDED, True, COMPLETED, message, now)
 
 
 class TrainingStatus(Status):

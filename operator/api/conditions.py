@@ -10,7 +10,6 @@ SUSPENDED = "Suspended"
 # Reasons
 STARTED = "Started"
 COMPLETED = "Completed"
-UNCHANGED = "Unchanged"
 INVALID_SPEC = "InvalidSpec"
 JOB_FAILED = "JobFailed"
 INTERRUPTED = "Interrupted"

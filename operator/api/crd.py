@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from .base import GROUP, VERSION
-from .resource import ObjectMeta, Resource
+from lmforge.operator.api.base import GROUP, VERSION
+from lmforge.operator.api.resource import ObjectMeta, Resource
 
 CATEGORY = "lmforge"
 

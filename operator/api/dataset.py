@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import URI_PATTERN, Model, Rule
-from .common import Status, Workload
-from .resource import Column, Resource
+from lmforge.operator.api.base import URI_PATTERN, Model, Rule
+from lmforge.operator.api.common import Status, Workload
+from lmforge.operator.api.resource import Column, Resource
 
 
 class Source(Model):

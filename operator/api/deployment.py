@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import NAME_PATTERN, URI_PATTERN, LocalRef, Model, Rule
-from .common import ModelRef, PodResources, Status, Storage
-from .resource import Column, Resource
+from lmforge.operator.api.base import NAME_PATTERN, URI_PATTERN, LocalRef, Model, Reference, Rule
+from lmforge.operator.api.common import ModelRef, PodResources, Status, Storage
+from lmforge.operator.api.resource import Column, Resource
 
 
 class Autoscaling(Model):
@@ -110,3 +110,11 @@ class Deployment(Resource):
         Column("Ready", ".status.readyReplicas", "integer"),
         Column("Endpoint", ".status.endpoint", priority=1),
     )
+    ready_phase: ClassVar = "Available"
+
+    def references(self) -> list[Reference]:
+        model, gate = self.spec.model_ref, self.spec.evaluation_ref
+        refs = [Reference("spec.modelRef", model.kind, model.name)]
+        if gate:
+            refs.append(Reference("spec.evaluationRef", "Evaluation", gate.name))
+        return refs

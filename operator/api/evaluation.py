@@ -6,9 +6,17 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import NAME_PATTERN, URI_PATTERN, LocalRef, Model, Rule, immutable
-from .common import ModelRef, Status, Workload
-from .resource import Column, Resource
+from lmforge.operator.api.base import (
+    NAME_PATTERN,
+    URI_PATTERN,
+    LocalRef,
+    Model,
+    Reference,
+    Rule,
+    immutable,
+)
+from lmforge.operator.api.common import ModelRef, Status, Workload
+from lmforge.operator.api.resource import Column, Resource
 
 
 class Task(Model):
@@ -97,3 +105,16 @@ class Evaluation(Resource):
         Column("Passed", ".status.passed", "boolean"),
         Column("Summary", ".status.summary"),
     )
+
+    def references(self) -> list[Reference]:
+        model = self.spec.model_ref
+        refs = [Reference("spec.modelRef", model.kind, model.name)]
+        for i, task in enumerate(self.spec.tasks):
+            if task.dataset_ref:
+                refs.append(
+                    Reference(f"spec.tasks[{i}].datasetRef", "Dataset", task.dataset_ref.name)
+                )
+            if task.reward_model_ref:
+                name = task.reward_model_ref.name
+                refs.append(Reference(f"spec.tasks[{i}].rewardModelRef", "RewardModel", name))
+        return refs

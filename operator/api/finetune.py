@@ -6,10 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import URI_PATTERN, LocalRef, Model, Rule, immutable
-from .common import ModelSource, TrainingStatus
-from .resource import Column, Resource
-from .training import TrainingWorkload
+from lmforge.operator.api.base import URI_PATTERN, LocalRef, Model, Reference, Rule, immutable
+from lmforge.operator.api.common import ModelSource, TrainingStatus
+from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.training import TrainingWorkload
 
 
 class Lora(Model):
@@ -42,6 +42,12 @@ class Preferences(Model):
     rules = (
         Rule("has(self.uri) != has(self.deploymentRef)", "set exactly one of uri or deploymentRef"),
     )
+
+    def references(self, field: str) -> list[Reference]:
+        if self.deployment_ref is None:
+            return []
+        name = self.deployment_ref.name
+        return [Reference(f"{field}.deploymentRef", "Deployment", name, "Feedback")]
 
 
 class Prompts(Model):
@@ -135,3 +141,14 @@ class FineTune(Resource):
         Column("Reward", ".status.reward", "number", priority=1),
         Column("Restarts", ".status.restarts", "integer", priority=1),
     )
+
+    def references(self) -> list[Reference]:
+        spec = self.spec
+        refs = spec.base_model.references("spec.baseModel")
+        if spec.preferences:
+            refs += spec.preferences.references("spec.preferences")
+        if spec.dpo.reference:
+            refs += spec.dpo.reference.references("spec.dpo.reference")
+        if spec.reward_model_ref:
+            refs.append(Reference("spec.rewardModelRef", "RewardModel", spec.reward_model_ref.name))
+        return refs

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from .architecture import Architecture
-from .base import LocalRef, immutable
-from .common import TrainingStatus
-from .resource import Column, Resource
-from .training import TrainingWorkload
+from lmforge.operator.api.architecture import Architecture
+from lmforge.operator.api.base import LocalRef, Reference, immutable
+from lmforge.operator.api.common import TrainingStatus
+from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.training import TrainingWorkload
 
 
 class PretrainJobSpec(TrainingWorkload):
@@ -34,3 +34,6 @@ class PretrainJob(Resource):
         Column("Restarts", ".status.restarts", "integer"),
         Column("Tokens/s", ".status.tokensPerSecond", "number", priority=1),
     )
+
+    def references(self) -> list[Reference]:
+        return [Reference("spec.datasetRef", "Dataset", self.spec.dataset_ref.name)]

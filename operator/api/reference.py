@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import KINDS
-from .crd import crd
+from lmforge.operator.api import KINDS
+from lmforge.operator.api.crd import crd
 
 HEADER = """# API reference: lmforge.dev/v1alpha1
 

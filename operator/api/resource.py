@@ -1,4 +1,5 @@
-"""The envelope of every kind: apiVersion, kind, metadata, spec, status, and its CRD facts."""
+"""The envelope of every kind: apiVersion, kind, metadata, spec, status, and what a kind is to the
+rest of lmforge: its CRD facts, what it references, and when what it made can be used."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import API_VERSION, NAME_PATTERN, Model
+from lmforge.operator.api.base import API_VERSION, NAME_PATTERN, Model, Reference
+from lmforge.operator.api.common import Status
 
 
 class Column(NamedTuple):
@@ -43,16 +45,26 @@ class Resource(Model):
     kind: str
     metadata: ObjectMeta
     spec: Model
-    status: Model | None = None
+    status: Status | None = None
 
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]
     columns: ClassVar[tuple[Column, ...]]
+    ready_phase: ClassVar[str] = "Succeeded"
+    """The phase in which what it made can be read by a resource that references it."""
+
+    # Shown after the kind's own columns, as every built-in kind does.
+    age: ClassVar = Column("Age", ".metadata.creationTimestamp", "date")
+
+    @classmethod
+    def status_class(cls) -> type[Status]:
+        return cls.model_fields["status"].annotation.__args__[0]  # X | None
+
+    def references(self) -> list[Reference]:
+        """What this resource reads that others make, by field: the edges of the lifecycle."""
+        return []
 
     def artifact_uri(self, default_root: str) -> str:
         """Where this resource's outputs go: <storage.uri>/<kind>/<name>/."""
         root = (getattr(self.spec, "storage", None) and self.spec.storage.uri) or default_root
         return f"{root.rstrip('/')}/{self.kind.lower()}/{self.metadata.name}"
-
-    # Shown after the kind's own columns, as every built-in kind does.
-    age: ClassVar = Column("Age", ".metadata.creationTimestamp", "date")

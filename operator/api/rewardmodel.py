@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from .base import immutable
-from .common import ModelSource, TrainingStatus
-from .finetune import Preferences
-from .resource import Column, Resource
-from .training import TrainingWorkload
+from lmforge.operator.api.base import Reference, immutable
+from lmforge.operator.api.common import ModelSource, TrainingStatus
+from lmforge.operator.api.finetune import Preferences
+from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.training import TrainingWorkload
 
 
 class RewardModelSpec(TrainingWorkload):
@@ -39,3 +39,9 @@ class RewardModel(Resource):
         Column("Accuracy", ".status.accuracy", "number"),
         Column("Loss", ".status.loss", "number", priority=1),
     )
+
+    def references(self) -> list[Reference]:
+        spec = self.spec
+        return spec.base_model.references("spec.baseModel") + spec.preferences.references(
+            "spec.preferences"
+        )

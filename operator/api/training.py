@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import URI_PATTERN, Model, Rule
-from .common import Workload
+from lmforge.operator.api.base import URI_PATTERN, Model, Rule
+from lmforge.operator.api.common import Workload
 
 
 class Optimizer(Model):

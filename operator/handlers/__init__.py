@@ -1,3 +1,4 @@
-"""kopf handlers, one module per kind: read the resource, resolve its references, render its
-children, apply them, observe its pods, compute status, patch it once. Importing a kind's module
-registers its handlers with kopf; operator/main.py imports them all."""
+"""kopf handlers: one pass for every kind that runs a job (reconcile.py) and one for the
+Deployment's server (deployment.py), each reading the resource, describing it (operator/stages),
+rendering and deciding (operator/render), and carrying the decision out through operator/kube.py.
+operator/main.py registers them for every kind."""

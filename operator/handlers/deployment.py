@@ -8,73 +8,55 @@ from typing import Any
 
 import kopf
 
-from ..api import conditions as c
-from ..kube import Kube
-from ..render import deployment as render
-from ..render.names import Owner, RenderError
-from ..render.pods import storage
-from ..render.status import condition, status_patch
-from .reconcile import Kind, dependencies, parse, record_invalid, register
-from .settings import SETTINGS
+from lmforge.operator.api import conditions
+from lmforge.operator.handlers.reconcile import (
+    dependencies,
+    parse,
+    patch_status,
+    record_invalid,
+    status_of,
+)
+from lmforge.operator.handlers.settings import SETTINGS
+from lmforge.operator.kube import Kube
+from lmforge.operator.render import deployment as render
+from lmforge.operator.render.names import Owner
+from lmforge.operator.render.pods import Rendering
+from lmforge.operator.stages import STAGES
+from lmforge.operator.stages.base import SpecError, storage
+from lmforge.operator.stages.deployment import model_digest, served
 
 
-def reconcile(api: Kube, kind: Kind, obj: dict[str, Any], traceparent: str | None) -> None:
+def server_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None) -> None:
+    stage = STAGES[kind]
+    owner, previous = Owner.of(obj), status_of(obj)
     try:
         deployment = parse(obj)
-        store = storage(deployment.spec.storage, SETTINGS.defaults)
-    except RenderError as error:
-        record_invalid(api, kind, obj, error)
+        store = storage(deployment.spec.storage, SETTINGS.defaults.store)
+        deps = dependencies(api, deployment, owner.namespace, store, previous)
+        # The model is all the server needs; the gate decides whether it rolls out.
+        ready = "spec.modelRef" in deps.outputs
+        description = stage.describe(deployment, deps.outputs, store) if ready else None
+    except SpecError as error:
+        record_invalid(api, obj, error)
         return
-    owner, previous = Owner.of(obj), obj.get("status") or {}
-    deps = dependencies(api, deployment, owner.namespace, store, previous)
-    served = api.read("Deployment", owner.namespace, render.server_name(owner.name))
-    children, digest = [], None
-    model = deps.outputs.get("spec.modelRef")
-    if model is not None:
-        try:
-            config = render.serve_config(deployment, model["uri"], store)
-        except RenderError as error:
-            record_invalid(api, kind, obj, error)
-            return
-        digest = render.model_digest(model, config)
-        children = render.children(owner, deployment, config, digest, SETTINGS.defaults, store)
+    digest = model_digest(description) if description else None
+    live = api.read("Deployment", owner.namespace, render.server_name(owner.name))
     now = datetime.datetime.now(datetime.UTC)
     generation = obj["metadata"].get("generation", 1)
-    status, roll = render.decide(previous, generation, deps, served, digest, owner, now)
-    if model is not None and roll:
+    status, roll = render.decide(previous, generation, deps, live, digest, owner, now)
+    children = []
+    if description is not None and roll:
+        r = Rendering(owner, deployment, stage.role, description, SETTINGS.defaults, store)
+        children = render.children(r, digest)
         image = children[1]["spec"]["template"]["spec"]["containers"][0]["image"]
-        inputs = [
-            {
-                "uri": model["uri"],
-                "kind": deployment.spec.model_ref.kind,
-                "name": deployment.spec.model_ref.name,
-                **_digest(model),
-            }
-        ]
-        status["lineage"] = {
-            "inputs": inputs,
-            "outputs": render.outputs(status["endpoint"], config),
-            "image": image,
-        }
-    patch = status_patch(previous, status)
-    if patch:
-        api.patch_status(kind.plural, owner.namespace, owner.name, patch)
-    if status.get("phase") != previous.get("phase"):
-        waiting = condition(status, c.WAITING) or {}
-        gated = waiting.get("status") == "True"
-        message = waiting.get("message", "") if gated else status.get("endpoint", "")
-        kind_ = "Warning" if waiting.get("reason") == c.GATE_FAILED and gated else "Normal"
-        kopf.event(obj, type=kind_, reason=status["phase"], message=message or status["phase"])
-    if roll:
-        for child in children:
-            api.apply(child)
-
-
-def _digest(model: dict[str, Any]) -> dict[str, str]:
-    return {"digest": model["digest"]} if model.get("digest") else {}
-
-
-KIND = Kind("Deployment", reconcile=reconcile)
-
-
-register(KIND)
+        status.lineage = served(description, status.endpoint).model_copy(update={"image": image})
+    patch_status(api, obj, status)
+    if status.phase != previous.phase:
+        waiting = status.condition(conditions.WAITING)
+        gated = waiting is not None and waiting.status == "True"
+        message = waiting.message if gated else (status.endpoint or "")
+        warn = gated and waiting.reason == conditions.GATE_FAILED
+        kind_ = "Warning" if warn else "Normal"
+        kopf.event(obj, type=kind_, reason=status.phase, message=message or status.phase)
+    for child in children:
+        api.apply(child)

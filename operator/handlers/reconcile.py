@@ -1,6 +1,7 @@
-"""One reconcile pass, the same for every kind: read the resource, resolve its references, observe
-its pods and progress, decide (pure, in operator/render), then carry the plan out: patch status
-once if it changed, post events, delete pods, create what is missing.
+"""One reconcile pass, the same for every kind that runs a job: read the resource, resolve its
+references, describe it (operator/stages), observe its pods and the events of the one that
+reports them, decide (pure, in operator/render), then carry the decision out: patch status once
+if it changed, post events, delete pods, create what is missing.
 
 kopf calls `run()` from create, resume and update handlers and from a timer; passes for one
 object never overlap (a lock per object), and each reads the object afresh, so a pass never
@@ -13,91 +14,57 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
 import urllib3
 from kubernetes.client.rest import ApiException
 
-from ..api import KINDS
-from ..api import conditions as c
-from ..api.base import GROUP, VERSION
-from ..api.conditions import RESTARTING
-from ..api.references import references
-from ..api.resource import Resource
-from ..kube import Kube, OwnershipError
-from ..render.inputs import Dependencies, resolve
-from ..render.names import TRACEPARENT_ANNOTATION, Owner, RenderError, selector
-from ..render.observe import PodState, observe
-from ..render.pods import StorageSettings, storage
-from ..render.progress import parse_events
-from ..render.status import (
+from lmforge.operator.api import KINDS, conditions
+from lmforge.operator.api.base import GROUP, VERSION
+from lmforge.operator.api.common import Lineage, Status
+from lmforge.operator.api.events import parse as parse_events
+from lmforge.operator.api.resource import Resource
+from lmforge.operator.handlers import telemetry
+from lmforge.operator.handlers.settings import SETTINGS
+from lmforge.operator.kube import Kube, OwnershipError
+from lmforge.operator.render import WORKLOADS
+from lmforge.operator.render.names import TRACEPARENT_ANNOTATION, Owner, selector
+from lmforge.operator.render.observe import PodState, observe
+from lmforge.operator.render.pods import Rendering
+from lmforge.operator.render.status import (
     TERMINAL,
+    Decision,
     Observed,
-    Plan,
-    condition,
-    fail,
     status_patch,
     transition_events,
 )
-from ..validate import errors
-from . import telemetry
-from .settings import SETTINGS, Settings
+from lmforge.operator.stages import STAGES
+from lmforge.operator.stages.base import Description, SpecError, Store, storage
+from lmforge.operator.stages.inputs import Dependencies, resolve
+from lmforge.operator.validate import errors
 
 log = logging.getLogger(__name__)
 
-PLURALS = {kind: model.plural for kind, model in KINDS.items()}
-Children = tuple[list[dict[str, Any]], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a kind contributes to one pass, built from the parsed resource and its references."""
-
-    decide: Callable[[Observed], Plan]
-    render: Callable[[int], Children] | None
-    """attempt -> (objects that last, pods of that attempt); None until references resolve."""
-    log_source: Callable[[tuple[PodState, ...], dict[str, Any]], tuple[PodState, str] | None]
-    """(pods, previous status) -> the pod and container whose log has the progress events."""
-    lineage: dict[str, Any] | None = None
-
-
-Build = Callable[[Resource, Owner, Dependencies, StorageSettings, Settings, str | None], Work]
-
-
-@dataclass(frozen=True)
-class Kind:
-    kind: str
-    build: Build | None = None
-    reconcile: Callable[[Kube, Kind, dict[str, Any], str | None], None] | None = None
-    """A pass of its own, for a kind that owns no job pods (Deployment); else the job pass."""
-
-    def __post_init__(self) -> None:
-        if (self.build is None) == (self.reconcile is None):
-            raise TypeError(f"Kind {self.kind}: give exactly one of build (a job) or reconcile")
-
-    @property
-    def plural(self) -> str:
-        return PLURALS[self.kind]
-
+Pass = Callable[[Kube, str, dict[str, Any], str | None], None]
+"""One pass over one object: (api, kind, the object as read, the trace context for its pods)."""
 
 _kube: Kube | None = None
 _locks: dict[tuple[str, str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def register(kind: Kind) -> None:
+def register(kind: str, one_pass: Pass) -> None:
     """kopf's handlers for a kind: a pass on create, on resume (operator start) and on a spec
     change; and a timer, because pods, progress and deadlines change without the resource
     changing. The timer's first pass waits an interval, so that a new resource's first pass is
     its create handler's alone (benchmarks/operator_scale.py)."""
-    singular = kind.kind.lower()
+    singular = kind.lower()
 
     def reconcile(namespace: str, name: str, **_: Any) -> None:
-        run(kind, namespace, name)
+        run(kind, namespace, name, one_pass)
 
-    where = (GROUP, VERSION, kind.plural)
+    where = (GROUP, VERSION, KINDS[kind].plural)
     on = f"reconcile_{singular}"  # the handler ids kopf keeps in annotations
     kopf.on.create(*where, id=on)(reconcile)
     kopf.on.resume(*where, id=on)(reconcile)
@@ -124,19 +91,18 @@ def _lock(key: tuple[str, str, str]) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def run(kind: Kind, namespace: str, name: str) -> None:
+def run(kind: str, namespace: str, name: str, one_pass: Pass | None = None) -> None:
     """One pass for one object. Transient trouble becomes kopf.TemporaryError (retried after a
     delay), an invalid spec kopf.PermanentError after a Failed condition names the field."""
-    with _lock((kind.kind, namespace, name)):
+    with _lock((kind, namespace, name)):
         api = kube()
         try:
-            obj = api.get(kind.plural, namespace, name)
+            obj = api.get(KINDS[kind].plural, namespace, name)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
                 return  # gone or going: the garbage collector deletes the children
             parent = (obj["metadata"].get("annotations") or {}).get(TRACEPARENT_ANNOTATION)
-            with telemetry.reconcile_span(kind.kind, namespace, name, parent):
-                one_pass = kind.reconcile or _pass
-                one_pass(api, kind, obj, telemetry.current_traceparent(parent))
+            with telemetry.reconcile_span(kind, namespace, name, parent):
+                (one_pass or job_pass)(api, kind, obj, telemetry.current_traceparent(parent))
         except ApiException as error:
             message = f"Kubernetes API: {error.status} {error.reason}"
             raise kopf.TemporaryError(message, delay=SETTINGS.retry_seconds) from error
@@ -145,7 +111,7 @@ def run(kind: Kind, namespace: str, name: str) -> None:
 
 
 def parse(obj: dict[str, Any]) -> Resource:
-    """The typed resource; a RenderError naming the field(s) when the spec is invalid."""
+    """The typed resource; a SpecError naming the field(s) when the spec is invalid."""
     meta = obj["metadata"]
     document = {
         "apiVersion": obj["apiVersion"],
@@ -158,73 +124,99 @@ def parse(obj: dict[str, Any]) -> Resource:
     resource, found = errors(document)
     if resource is None:
         (field, first), rest = found[0], found[1:]
-        raise RenderError(field, "; ".join([first, *(f"{p}: {text}" for p, text in rest)]))
+        raise SpecError(field, "; ".join([first, *(f"{p}: {text}" for p, text in rest)]))
     return resource
 
 
-def _pass(api: Kube, kind: Kind, obj: dict[str, Any], traceparent: str | None) -> None:
-    meta = obj["metadata"]
+def status_of(obj: dict[str, Any]) -> Status:
+    """The object's status as its kind's Status model."""
+    return KINDS[obj["kind"]].status_class().model_validate(obj.get("status") or {})
+
+
+def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None) -> None:
+    stage, workload = STAGES[kind], WORKLOADS[kind]
+    owner = Owner.of(obj)
     try:
         resource = parse(obj)
-        store = storage(resource.spec.storage, SETTINGS.defaults)
-    except RenderError as error:
-        record_invalid(api, kind, obj, error)
+        store = storage(resource.spec.storage, SETTINGS.defaults.store)
+        workload.check(owner, resource)
+    except SpecError as error:
+        record_invalid(api, obj, error)
         return
-    previous = _forget_invalid(obj.get("status") or {})
-    owner = Owner.of(obj)
+    previous = _forget_invalid(status_of(obj))
     deps = dependencies(api, resource, owner.namespace, store, previous)
-    try:
-        work = kind.build(resource, owner, deps, store, SETTINGS, traceparent)
-    except RenderError as error:
-        record_invalid(api, kind, obj, error)
-        return
+    description = None
+    if deps.ready and previous.phase not in TERMINAL:
+        try:
+            description = stage.describe(resource, deps.outputs, store)
+        except SpecError as error:
+            record_invalid(api, obj, error)
+            return
     pods = tuple(observe(p) for p in api.list("Pod", owner.namespace, selector(owner)))
+    source = workload.reporter(pods, previous, stage) if previous.phase not in TERMINAL else None
     observed = Observed(
         previous=previous,
-        generation=meta.get("generation", 1),
+        generation=obj["metadata"].get("generation", 1),
         run_policy=resource.spec.run_policy,
         dependencies=deps,
         pods=pods,
         now=_now(),
-        events=_progress(api, work, pods, previous, owner.namespace),
-        lineage=work.lineage,
+        events=_events(api, source, owner.namespace),
+        lineage=_lineage(description, resource),
     )
-    _apply(api, kind, obj, owner, work, work.decide(observed))
+    rendering = description and Rendering(
+        owner, resource, stage.role, description, SETTINGS.defaults, store, traceparent
+    )
+    decision = workload.decide(observed, owner, resource, stage)
+    _apply(api, obj, owner, rendering, workload, decision)
 
 
-def _forget_invalid(status: dict[str, Any]) -> dict[str, Any]:
+def _lineage(description: Description | None, resource: Resource) -> Lineage | None:
+    """The description's lineage with the image the pods run."""
+    if description is None:
+        return None
+    image = resource.spec.resources.image or SETTINGS.defaults.image
+    return description.lineage.model_copy(update={"image": image})
+
+
+def _forget_invalid(status: Status) -> Status:
     """A spec that failed validation and now passes starts over: nothing ran."""
-    failed = condition(status, c.FAILED) or {}
-    if failed.get("reason") != c.INVALID_SPEC or status.get("phase") != "Failed":
+    failed = status.condition(conditions.FAILED)
+    if not failed or failed.reason != conditions.INVALID_SPEC or status.phase != "Failed":
         return status
-    kept = [x for x in status.get("conditions", []) if x["type"] not in (c.FAILED, c.RUNNING)]
-    cleared = {k: v for k, v in status.items() if k not in ("phase", "completionTime")}
-    return {**cleared, "conditions": kept}
+    kept = [c for c in status.conditions if c.type not in (conditions.FAILED, conditions.RUNNING)]
+    return status.model_copy(update={"phase": None, "completion_time": None, "conditions": kept})
 
 
-def record_invalid(api: Kube, kind: Kind, obj: dict[str, Any], error: RenderError) -> None:
+def record_invalid(api: Kube, obj: dict[str, Any], error: SpecError) -> None:
     """A Failed condition naming the field, recorded once; then kopf stops retrying."""
-    previous = obj.get("status") or {}
-    failed = condition(previous, c.FAILED) or {}
-    if failed.get("reason") == c.INVALID_SPEC and failed.get("message") == str(error):
+    previous = status_of(obj)
+    failed = previous.condition(conditions.FAILED)
+    if failed and failed.reason == conditions.INVALID_SPEC and failed.message == str(error):
         return  # an earlier pass recorded it: nothing to do until the spec changes
-    status = {**previous, "observedGeneration": obj["metadata"].get("generation", 1)}
-    fail(status, c.INVALID_SPEC, str(error), _now())
-    meta, patch = obj["metadata"], status_patch(previous, status)
-    if patch:
-        api.patch_status(kind.plural, meta["namespace"], meta["name"], patch)
-    kopf.event(obj, type="Warning", reason=c.INVALID_SPEC, message=str(error))
+    status = previous.model_copy(deep=True)
+    status.observed_generation = obj["metadata"].get("generation", 1)
+    status.fail(conditions.INVALID_SPEC, str(error), _now())
+    patch_status(api, obj, status)
+    kopf.event(obj, type="Warning", reason=conditions.INVALID_SPEC, message=str(error))
     raise kopf.PermanentError(str(error)) from error
 
 
+def patch_status(api: Kube, obj: dict[str, Any], status: Status) -> None:
+    """Write `status` as a merge patch of what differs from the object's, if anything does."""
+    meta = obj["metadata"]
+    patch = status_patch(obj.get("status") or {}, status.wire())
+    if patch:
+        api.patch_status(KINDS[obj["kind"]].plural, meta["namespace"], meta["name"], patch)
+
+
 def dependencies(
-    api: Kube, resource: Resource, namespace: str, store: StorageSettings, previous: dict
+    api: Kube, resource: Resource, namespace: str, store: Store, previous: Status
 ) -> Dependencies:
-    if previous.get("phase") in TERMINAL:
+    if previous.phase in TERMINAL:
         return Dependencies([], [], {})  # a finished resource never runs again
-    found = {
-        (r.kind, r.name): api.get(PLURALS[r.kind], namespace, r.name) for r in references(resource)
-    }
+    refs = resource.references()
+    found = {(r.kind, r.name): api.get(KINDS[r.kind].plural, namespace, r.name) for r in refs}
     deps = resolve(resource, found)
     if store.secret_name and not api.secret_exists(namespace, store.secret_name):
         where = "spec.storage.secretName" if resource.spec.storage.secret_name else "storage"
@@ -232,13 +224,10 @@ def dependencies(
     return deps
 
 
-def _progress(
-    api: Kube, work: Work, pods: tuple[PodState, ...], previous: dict, namespace: str
+def _events(
+    api: Kube, source: tuple[PodState, str] | None, namespace: str
 ) -> tuple[dict[str, Any], ...]:
-    """Events from the termination message and the log tail of the pod that reports progress."""
-    if previous.get("phase") in TERMINAL:
-        return ()
-    source = work.log_source(pods, previous)
+    """Events from the termination message and the log tail of the pod that reports them."""
     if source is None:
         return ()
     pod, container = source
@@ -249,36 +238,38 @@ def _progress(
 
 
 def _apply(
-    api: Kube, kind: Kind, obj: dict[str, Any], owner: Owner, work: Work, plan: Plan
+    api: Kube,
+    obj: dict[str, Any],
+    owner: Owner,
+    rendering: Rendering | None,
+    workload: Any,
+    decision: Decision,
 ) -> None:
     # Status first: it records the decision (a restart's new attempt), so a crash before the
     # deletions below leaves a state the next pass completes rather than repeats.
-    previous = obj.get("status") or {}
-    patch = status_patch(previous, plan.status)
-    if patch:
-        api.patch_status(kind.plural, owner.namespace, owner.name, patch)
-    for event in transition_events(previous, plan.status):
+    patch_status(api, obj, decision.status)
+    for event in transition_events(status_of(obj), decision.status):
         kopf.event(obj, type=event.type, reason=event.reason, message=event.message)
-        if event.reason == RESTARTING:
-            telemetry.RESTARTS.add(1, {"lmforge.kind": kind.kind})
-    for name in plan.delete:
-        api.delete("Pod", owner.namespace, name, plan.grace_seconds)
-    if plan.create:
-        _create(api, work, plan)
-    if plan.cleanup and api.delete_children(owner.namespace, selector(owner)):
+        if event.reason == conditions.RESTARTING:
+            telemetry.RESTARTS.add(1, {"lmforge.kind": obj["kind"]})
+    for name in decision.delete:
+        api.delete("Pod", owner.namespace, name, decision.grace_seconds)
+    if decision.create:
+        _create(api, rendering, workload, decision)
+    if decision.cleanup and api.delete_children(owner.namespace, selector(owner)):
         message = "runPolicy.ttlSecondsAfterFinished has passed: child objects deleted"
         kopf.event(obj, type="Normal", reason="CleanedUp", message=message)
 
 
-def _create(api: Kube, work: Work, plan: Plan) -> None:
-    if work.render is None:
-        log.info("not creating %s: references unresolved", ", ".join(plan.create))
+def _create(api: Kube, rendering: Rendering | None, workload: Any, decision: Decision) -> None:
+    if rendering is None:
+        log.info("not creating %s: references unresolved", ", ".join(decision.create))
         return
-    lasting, pods = work.render(plan.attempt)
+    lasting, pods = workload.children(rendering, decision.attempt)
     for child in lasting:  # the config follows the spec at every (re)start of the pods
         api.ensure(child, update_data=True)
     for pod in pods:
-        if pod["metadata"]["name"] in plan.create:
+        if pod["metadata"]["name"] in decision.create:
             api.ensure(pod)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..render.pods import Defaults
+from lmforge.operator.render.pods import Defaults
 
 
 def _int(name: str, default: int) -> int:

@@ -1,19 +1,15 @@
 """The operator's traces and metrics: a span per reconcile pass, and reconcile latency, errors and
-gang restarts. With opentelemetry-api alone, or without OTEL_EXPORTER_OTLP_ENDPOINT, every call
-here is a no-op; `setup()` installs the SDK's OTLP exporters when both are there."""
+gang restarts. Until operator/api/telemetry.py's `setup()` installs the SDK's exporters (with
+OTEL_EXPORTER_OTLP_ENDPOINT set), every call here is a no-op."""
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-log = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("lmforge.operator")
@@ -51,28 +47,3 @@ def current_traceparent(fallback: str | None) -> str | None:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent", fallback)
-
-
-def setup(service: str = "lmforge-operator") -> bool:
-    """Export traces and metrics over OTLP/HTTP when an endpoint is configured (the server uses
-    it too, as `lmforge-serve`)."""
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return False
-    try:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as error:
-        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the SDK is missing (%s)", error)
-        return False
-    resource = Resource.create({"service.name": service})
-    traces = TracerProvider(resource=resource)
-    traces.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(traces)
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
-    return True

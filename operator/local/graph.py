@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from graphlib import CycleError, TopologicalSorter
 
-from ..api.references import references
-from ..api.resource import Resource
+from lmforge.operator.api.resource import Resource
 
 
 class GraphError(ValueError):
@@ -30,7 +29,7 @@ def order(resources: list[Resource], where: dict[tuple[str, str], str]) -> list[
     graph = TopologicalSorter()
     for resource in resources:
         needed = []
-        for ref in references(resource):
+        for ref in resource.references():
             if (ref.kind, ref.name) not in by_key:
                 problems.append(
                     f"{where[key(resource)]}: {'/'.join(key(resource))}: {ref.field}: refers to"
@@ -55,7 +54,7 @@ def _in_file_order(resources: list[Resource]) -> list[Resource]:
     placed, out, remaining = set(), [], list(resources)
     while remaining:
         for resource in remaining:
-            if all((r.kind, r.name) in placed for r in references(resource)):
+            if all((r.kind, r.name) in placed for r in resource.references()):
                 out.append(resource)
                 placed.add(key(resource))
                 remaining.remove(resource)

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .state import State
+from lmforge.operator.api.events import parse
+from lmforge.operator.local.state import State
+from lmforge.operator.stages import STAGES
 
 
 def write(state: State) -> Path:
@@ -80,8 +82,8 @@ def _dataset(state: State, obj: dict, folder: Path) -> str:
 def _model(state: State, obj: dict, folder: Path) -> str:
     """Curves and the model card."""
     name, kind = obj["metadata"]["name"], obj["kind"]
-    progress = state.root / "runs" / kind.lower() / name / "progress.jsonl"
-    events = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+    log = state.root / "runs" / kind.lower() / name / f"{STAGES[kind].role}.log"
+    events = parse(log.read_text(errors="replace")) if log.exists() else []
     image = _curves(events, folder / f"{kind.lower()}-{name}.png")
     card = _model_card(state, obj)
     return (f"<img src='{image.name}' width=940>" if image else "") + card
@@ -158,10 +160,9 @@ def _samples(state: State, obj: dict) -> str:
         ref = evaluation["spec"]["modelRef"]
         if (ref.get("kind"), ref["name"]) != (obj["kind"], obj["metadata"]["name"]):
             continue
-        results = (
-            state.root / "runs" / "evaluation" / evaluation["metadata"]["name"] / "results.json"
-        )
-        if results.exists():
+        outputs = (evaluation["status"].get("lineage") or {}).get("outputs") or [{"uri": ""}]
+        results = Path(outputs[0]["uri"].removeprefix("file://"))
+        if outputs[0]["uri"].startswith("file://") and results.exists():
             for prompt, text in json.loads(results.read_text())["samples"].items():
                 out.append(f"<pre><b>{html.escape(prompt)}</b>{html.escape(text)}</pre>")
     return ("<h3>Samples</h3>" + "".join(out)) if out else ""

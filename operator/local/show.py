@@ -6,8 +6,8 @@ import datetime
 import json
 from typing import Any
 
-from ..api import KINDS
-from ..api.resource import Resource
+from lmforge.operator.api import KINDS
+from lmforge.operator.api.resource import Resource
 
 
 def _field(obj: dict[str, Any], json_path: str) -> Any:

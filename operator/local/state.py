@@ -1,5 +1,6 @@
 """The local runner's state: one JSON object per resource, shaped like the API object (apiVersion,
-kind, metadata, spec, status), so `lmforge get` and `describe` read it as kubectl reads objects."""
+kind, metadata, spec, status), so `lmforge get` and `describe` read it as kubectl reads objects,
+and a stage resolves its references from it as the operator does from the API."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..api.resource import Resource
+from lmforge.operator.api.common import Status, timestamp
+from lmforge.operator.api.resource import Resource
 
 DIGEST = "lmforge.dev/spec-digest"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class State:
@@ -31,15 +29,15 @@ class State:
         path = self.path(kind, name)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def put(self, resource: Resource, digest: str, status: dict[str, Any]) -> dict[str, Any]:
+    def put(self, resource: Resource, digest: str, status: Status) -> dict[str, Any]:
         previous = self.get(resource.kind, resource.metadata.name) or {}
-        created = previous.get("metadata", {}).get("creationTimestamp", now())
+        created = previous.get("metadata", {}).get("creationTimestamp")
         obj = resource.model_dump(by_alias=True, exclude_none=True, mode="json")
         obj["metadata"] |= {
-            "creationTimestamp": created,
+            "creationTimestamp": created or timestamp(datetime.datetime.now(datetime.UTC)),
             "annotations": {**obj["metadata"].get("annotations", {}), DIGEST: digest},
         }
-        obj["status"] = status
+        obj["status"] = status.wire()
         path = self.path(resource.kind, resource.metadata.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
@@ -50,24 +48,3 @@ class State:
     def all(self, kind: str | None = None) -> list[dict[str, Any]]:
         pattern = f"{kind.lower()}/*.json" if kind else "*/*.json"
         return [json.loads(p.read_text()) for p in sorted(self.objects.glob(pattern))]
-
-
-def set_condition(status: dict[str, Any], type_: str, value: bool, reason: str, message: str = ""):
-    """Add or update a condition; lastTransitionTime moves only when its status changes."""
-    conditions = status.setdefault("conditions", [])
-    text = "True" if value else "False"
-    for condition in conditions:
-        if condition["type"] == type_:
-            if condition["status"] != text:
-                condition["lastTransitionTime"] = now()
-            condition.update(status=text, reason=reason, message=message)
-            return
-    conditions.append(
-        {
-            "type": type_,
-            "status": text,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now(),
-        }
-    )

@@ -1,26 +1,150 @@
-"""The decision for a training gang: N worker pods of one attempt that succeed, fail and restart
-together. The attempt is status.restarts; every pod carries it as a label, so pods of an older
-attempt are recognised (and deleted) whatever happened between two passes, a crashed operator
-included.
+"""A training gang: N worker pods running torchrun, a headless Service for rendezvous, and the
+job's config as a ConfigMap; and the decision for it. The workers of one attempt succeed, fail
+and restart together. The attempt is status.restarts; every pod carries it as a label, so pods
+of an older attempt are recognised (and deleted) whatever happened between two passes, a crashed
+operator included.
 """
 
 from __future__ import annotations
 
-from ..api import conditions as c
-from ..api import conditions as r
-from .observe import Failure, PodState, failure, lost
-from .progress import apply_training_events
-from .status import (
+from typing import Any
+
+from lmforge.operator.api import conditions
+from lmforge.operator.api.common import TrainingStatus
+from lmforge.operator.api.finetune import FineTune
+from lmforge.operator.api.pretrainjob import PretrainJob
+from lmforge.operator.api.rewardmodel import RewardModel
+from lmforge.operator.render.names import Owner, check_child_name, metadata
+from lmforge.operator.render.observe import Failure, PodState, failure, lost
+from lmforge.operator.render.pods import (
+    CONFIG_FILE,
+    Children,
+    Rendering,
+    grace_seconds,
+    headless_service,
+    pod,
+)
+from lmforge.operator.render.status import (
     FAILED_PEER_GRACE_SECONDS,
+    Decision,
     Observed,
-    Plan,
     begin,
     preamble,
     retry_or_fail,
     run_state,
-    succeed,
 )
-from .training import WORKER, worker_name
+from lmforge.operator.stages.base import Rendezvous, Stage, command
+
+WORKER = "worker"
+RENDEZVOUS = "rendezvous"
+RENDEZVOUS_PORT = 29500
+SHUTDOWN_MARGIN_SECONDS = 15
+"""torchrun's workers get the grace period minus this to checkpoint; torchrun itself needs the
+rest to exit before the kubelet's SIGKILL."""
+CONTAINER = "trainer"
+
+
+def worker_name(name: str, index: int) -> str:
+    return f"{name}-worker-{index}"
+
+
+def service_name(name: str) -> str:
+    return f"{name}-workers"
+
+
+def config_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def worker_address(owner: Owner, index: int) -> str:
+    """The DNS name the headless Service gives a worker (hostname + subdomain)."""
+    return f"{worker_name(owner.name, index)}.{service_name(owner.name)}.{owner.namespace}.svc"
+
+
+class Gang:
+    """How the operator runs a training stage (PretrainJob, FineTune, RewardModel)."""
+
+    def check(self, owner: Owner, resource: PretrainJob | FineTune | RewardModel) -> None:
+        """SpecError naming metadata.name when a child's name would not be a valid hostname."""
+        last = worker_name(owner.name, resource.spec.resources.nodes - 1)
+        check_child_name(last, "last worker pod")
+        check_child_name(service_name(owner.name), "rendezvous Service")
+
+    def children(self, r: Rendering, attempt: int) -> Children:
+        """(the ConfigMap and the rendezvous Service, the worker pods of attempt `attempt`)."""
+        self.check(r.owner, r.resource)
+        pods = [self.worker(r, i, attempt) for i in range(r.resources.nodes)]
+        name = r.owner.name
+        service = headless_service(
+            r.owner, service_name(name), RENDEZVOUS, WORKER, {RENDEZVOUS: RENDEZVOUS_PORT}
+        )
+        return [r.config_map(config_name(name)), service], pods
+
+    def worker(self, r: Rendering, index: int, attempt: int) -> dict[str, Any]:
+        name = worker_name(r.owner.name, index)
+        grace = grace_seconds(r.resources, r.defaults)
+        address = worker_address(r.owner, 0)
+        meeting = Rendezvous(
+            index, address, RENDEZVOUS_PORT, max(1, grace - SHUTDOWN_MARGIN_SECONDS)
+        )
+        trainer = r.container(CONTAINER, command(r.description, CONFIG_FILE, rendezvous=meeting))
+        trainer["ports"] = [{"name": RENDEZVOUS, "containerPort": RENDEZVOUS_PORT}]
+        volumes = []
+        if r.resources.gpus:  # NCCL needs more shared memory than a container's default 64 MiB
+            trainer["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+            volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        meta = metadata(r.owner, name, WORKER, index=index, attempt=attempt)
+        return pod(
+            meta,
+            [trainer],
+            config_name(r.owner.name),
+            r.resources,
+            r.defaults,
+            tuple(volumes),
+            hostname=name,
+            subdomain=service_name(r.owner.name),
+        )
+
+    def reporter(self, pods: tuple[PodState, ...], previous: TrainingStatus, stage: Stage):
+        """Rank 0 runs on worker 0 of the current attempt, and only rank 0 reports progress."""
+        for found in pods:
+            if found.role == WORKER and found.index == 0 and found.attempt == previous.restarts:
+                return (found, CONTAINER) if not found.terminating else None
+        return None
+
+    def decide(self, o: Observed, owner: Owner, resource, stage: Stage) -> Decision:
+        """What to do with the gang of training resource `owner`."""
+        nodes = resource.spec.resources.nodes
+        status = begin(o)
+        stage.progress(status, list(o.events))
+        attempt = status.restarts
+        early = preamble(status, o, attempt)
+        if early:
+            return early
+        workers = [p for p in o.pods if p.role == WORKER]
+        current = {p.index: p for p in workers if p.attempt == attempt and not p.terminating}
+        stale = tuple(p.name for p in workers if p.attempt != attempt and not p.terminating)
+        names = [worker_name(owner.name, i) for i in range(nodes)]
+        fault = gang_failure(current, names, status.phase)
+        if fault:
+            whole = tuple(p.name for p in current.values()) + stale
+            grace = FAILED_PEER_GRACE_SECONDS
+            if retry_or_fail(status, o, attempt, fault, f"all {nodes} workers"):
+                status.restarts = attempt + 1
+                return Decision(status, attempt + 1, delete=whole, grace_seconds=grace)
+            active = tuple(p.name for p in workers if p.active)
+            return Decision(status, attempt, delete=active, grace_seconds=grace)
+        if len(current) == nodes and all(p.phase == "Succeeded" for p in current.values()):
+            status.succeed(f"all {nodes} workers finished", o.now)
+            return Decision(status, attempt)
+        missing = tuple(n for i, n in enumerate(names) if i not in current)
+        if not missing and all(p.phase in ("Running", "Succeeded") for p in current.values()):
+            run_state(status, True, conditions.STARTED, f"{nodes} workers running", o.now)
+        else:
+            run_state(status, False, conditions.CREATED, _waiting(current, nodes), o.now)
+        # Names are reused across attempts: create only once no older pod holds one.
+        busy = stale or any(p.terminating for p in workers)
+        return Decision(status, attempt, create=() if busy else missing, delete=stale)
 
 
 def gang_failure(
@@ -36,7 +160,7 @@ def gang_failure(
     return lost(missing[0]) if started and missing else None
 
 
-def _waiting_message(current: dict[int, PodState], nodes: int) -> str:
+def _waiting(current: dict[int, PodState], nodes: int) -> str:
     for index in sorted(current):
         if current[index].waiting:
             return f"{current[index].name}: {current[index].waiting}"
@@ -44,33 +168,4 @@ def _waiting_message(current: dict[int, PodState], nodes: int) -> str:
     return f"{running}/{nodes} workers running"
 
 
-def decide_gang(o: Observed, name: str, nodes: int) -> Plan:
-    """What to do with the gang of training resource `name` with `nodes` workers."""
-    status = apply_training_events(begin(o), list(o.events))
-    attempt = status.get("restarts", 0)
-    early = preamble(status, o, attempt)
-    if early:
-        return early
-    workers = [p for p in o.pods if p.role == WORKER]
-    current = {p.index: p for p in workers if p.attempt == attempt and not p.terminating}
-    stale = tuple(p.name for p in workers if p.attempt != attempt and not p.terminating)
-    names = [worker_name(name, i) for i in range(nodes)]
-    fault = gang_failure(current, names, status.get("phase"))
-    if fault:
-        whole = tuple(p.name for p in current.values()) + stale
-        if retry_or_fail(status, o, attempt, fault, f"all {nodes} workers"):
-            status["restarts"] = attempt + 1
-            return Plan(status, attempt + 1, delete=whole, grace_seconds=FAILED_PEER_GRACE_SECONDS)
-        active = tuple(p.name for p in workers if p.active)
-        return Plan(status, attempt, delete=active, grace_seconds=FAILED_PEER_GRACE_SECONDS)
-    if len(current) == nodes and all(p.phase == "Succeeded" for p in current.values()):
-        succeed(status, f"all {nodes} workers finished", o.now)
-        return Plan(status, attempt)
-    missing = tuple(n for i, n in enumerate(names) if i not in current)
-    if not missing and all(p.phase in ("Running", "Succeeded") for p in current.values()):
-        run_state(status, True, c.STARTED, f"{nodes} workers running", o.now)
-    else:
-        run_state(status, False, r.CREATED, _waiting_message(current, nodes), o.now)
-    # Names are reused across attempts: create only once no older pod holds one.
-    busy = stale or any(p.terminating for p in workers)
-    return Plan(status, attempt, create=() if busy else missing, delete=stale)
+GANG = Gang()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+from lmforge.operator.stages.base import SpecError
+
 PREFIX = "lmforge.dev"
 NAME = f"{PREFIX}/name"
 KIND = f"{PREFIX}/kind"
@@ -19,14 +21,6 @@ TRACEPARENT_ANNOTATION = f"{PREFIX}/traceparent"
 # A DNS-1035 label: Service names (and pod hostnames) must start with a letter, unlike the
 # DNS-1123 names the resources may have.
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-class RenderError(ValueError):
-    """The spec cannot become child objects; `field` names where, the message says what to do."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class Owner(NamedTuple):
@@ -78,10 +72,10 @@ def metadata(owner: Owner, name: str, role: str, **extra: str | int) -> dict[str
 
 
 def check_child_name(name: str, what: str) -> str:
-    """`name` if Kubernetes accepts it as a hostname or Service name, else a RenderError that says
+    """`name` if Kubernetes accepts it as a hostname or Service name, else a SpecError that says
     how long metadata.name may be."""
     if len(name) > 63 or not _DNS_1035.match(name):
-        raise RenderError(
+        raise SpecError(
             "metadata.name",
             f"the {what} would be named {name!r}, which is not a DNS-1035 label (at most 63"
             " characters, starting with a letter): use a shorter name that starts with a letter",

@@ -1,8 +1,9 @@
 """Pods as the operator needs to see them, and why one failed.
 
 torchrun exits 1 whatever its worker exited with; the worker's own code is in torchrun's failure
-summary, which FallbackToLogsOnError puts into the termination message. The trainer's codes:
-0 done, 143 checkpointed after SIGTERM, 2 configuration error (retrying cannot help).
+summary, which FallbackToLogsOnError puts into the termination message. What the codes mean is
+the jobs' protocol (operator/api/events.py): 2 a configuration error, which retrying cannot help;
+143 a checkpoint written after SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..api import conditions as c
-from ..api import conditions as r
-from .names import ATTEMPT, INDEX, ROLE
+from lmforge.operator.api import conditions
+from lmforge.operator.api.events import Exit, last_error
+from lmforge.operator.render.names import ATTEMPT, INDEX, ROLE
 
-CONFIG_ERROR_EXIT = 2
-SIGTERM_EXIT = 143
 _ROOT_CAUSE = re.compile(r"exitcode\s*:\s*(-?\d+)")
-_ERROR_LINE = re.compile(r"^\s*error: (.+)$", re.MULTILINE)
 _PREEMPTION = {
     "Preempted",
     "PreemptionByScheduler",
@@ -99,30 +97,40 @@ def job_exit_code(pod: PodState) -> int | None:
 
 
 def _last_error(pod: PodState) -> str:
-    found = _ERROR_LINE.findall(pod.message)
-    return f": {found[-1].strip()}" if found else ""
+    found = last_error(pod.message)
+    return f": {found}" if found else ""
 
 
 def failure(pod: PodState) -> Failure | None:
     """Why `pod` failed, or None if it did not."""
     if pod.phase == "Unknown":
-        return Failure(r.WORKER_LOST, f"{pod.name}: its node stopped reporting", True)
+        return Failure(conditions.WORKER_LOST, f"{pod.name}: its node stopped reporting", True)
     if pod.phase != "Failed":
         return None
     code = job_exit_code(pod)
     if pod.reason == "Evicted":
-        return Failure(r.EVICTED, f"{pod.name} was evicted: {pod.message}".rstrip(": "), True)
-    if pod.disrupted or pod.reason in _PREEMPTION or code == SIGTERM_EXIT:
-        return Failure(r.PREEMPTED, f"{pod.name} was preempted (stopped with SIGTERM)", True)
+        return Failure(
+            conditions.EVICTED, f"{pod.name} was evicted: {pod.message}".rstrip(": "), True
+        )
+    if pod.disrupted or pod.reason in _PREEMPTION or code == Exit.PREEMPTED:
+        return Failure(
+            conditions.PREEMPTED, f"{pod.name} was preempted (stopped with SIGTERM)", True
+        )
     if pod.reason == "OOMKilled":
         message = f"{pod.name} ran out of memory (OOMKilled): raise spec.resources.memory"
-        return Failure(r.OOM_KILLED, message, True)
+        return Failure(conditions.OOM_KILLED, message, True)
     if pod.reason == "DeadlineExceeded":
-        return Failure(r.DEADLINE_EXCEEDED, f"{pod.name}: {pod.message}".rstrip(": "), False)
-    if code == CONFIG_ERROR_EXIT:
-        return Failure(r.CONFIG_ERROR, f"{pod.name}: configuration error{_last_error(pod)}", False)
-    return Failure(c.JOB_FAILED, f"{pod.name} exited with {code}{_last_error(pod)}", True)
+        return Failure(
+            conditions.DEADLINE_EXCEEDED, f"{pod.name}: {pod.message}".rstrip(": "), False
+        )
+    if code == Exit.CONFIG_ERROR:
+        return Failure(
+            conditions.CONFIG_ERROR, f"{pod.name}: configuration error{_last_error(pod)}", False
+        )
+    return Failure(conditions.JOB_FAILED, f"{pod.name} exited with {code}{_last_error(pod)}", True)
 
 
 def lost(name: str) -> Failure:
-    return Failure(r.WORKER_LOST, f"{name} disappeared (deleted or its node was lost)", True)
+    return Failure(
+        conditions.WORKER_LOST, f"{name} disappeared (deleted or its node was lost)", True
+    )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .names import PREFIX, RenderError
+from lmforge.operator.render.names import PREFIX
+from lmforge.operator.stages.base import SpecError
 
 PROTECTED = frozenset({"restartPolicy", "hostname", "subdomain"})
 
@@ -38,7 +39,7 @@ def merge_pod_template(pod: dict[str, Any], overlay: dict[str, Any] | None) -> d
         return pod
     unknown = sorted(set(overlay) - {"metadata", "spec"})
     if unknown:
-        raise RenderError(FIELD, f"a pod template has metadata and spec; remove {unknown}")
+        raise SpecError(FIELD, f"a pod template has metadata and spec; remove {unknown}")
     out = copy.deepcopy(pod)
     meta = overlay.get("metadata") or {}
     for key in ("labels", "annotations"):

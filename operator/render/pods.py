@@ -3,18 +3,17 @@ trace context, and the installation's defaults they fall back on."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from ..api.common import PodResources, Storage
-from .names import Owner, RenderError, labels, metadata
-from .overlay import merge_pod_template
+from lmforge.operator.api.common import PodResources
+from lmforge.operator.api.resource import Resource
+from lmforge.operator.render.names import Owner, labels, metadata
+from lmforge.operator.render.overlay import merge_pod_template
+from lmforge.operator.stages.base import Description, Store
 
 CONFIG_DIR = "/etc/lmforge"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
-SCRATCH_DIR = "/var/run/lmforge"
-"""An emptyDir for files a job writes for itself (progress, results before upload)."""
 
 
 @dataclass(frozen=True)
@@ -34,28 +33,40 @@ class Defaults:
     otlp_endpoint: str | None = None
     """Passed to job pods as OTEL_EXPORTER_OTLP_ENDPOINT (the trainer exports metrics there)."""
 
-
-class StorageSettings(NamedTuple):
-    """spec.storage with the installation's defaults filled in."""
-
-    uri: str
-    secret_name: str | None
-    endpoint_url: str | None
+    @property
+    def store(self) -> Store:
+        """The storage of a resource whose spec.storage sets nothing."""
+        return Store(self.storage_uri or "", self.storage_secret, self.endpoint_url)
 
 
-def storage(spec: Storage, defaults: Defaults) -> StorageSettings:
-    uri = spec.uri or defaults.storage_uri
-    if not uri:
-        raise RenderError(
-            "spec.storage.uri",
-            "is unset and the operator has no default storage (helm value storage.uri):"
-            " set one of them",
-        )
-    return StorageSettings(
-        uri,
-        spec.secret_name or defaults.storage_secret,
-        spec.endpoint_url or defaults.endpoint_url,
-    )
+Children = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+"""(objects that live as long as the resource, the pods of one attempt)."""
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """What every child of one resource is rendered from."""
+
+    owner: Owner
+    resource: Resource
+    role: str
+    """The stage's: names the main pods and their container."""
+    description: Description
+    defaults: Defaults
+    store: Store
+    traceparent: str | None = None
+    """The W3C trace context of the pass, for the pods' own spans."""
+
+    @property
+    def resources(self) -> PodResources:
+        return self.resource.spec.resources
+
+    def container(self, name: str, command: list[str]) -> dict[str, Any]:
+        env = environment(self.owner, self.defaults, self.traceparent)
+        return container(name, command, self.resources, env, self.store, self.defaults)
+
+    def config_map(self, name: str) -> dict[str, Any]:
+        return config_map(self.owner, name, "config", self.description.config_json())
 
 
 def grace_seconds(resources: PodResources, defaults: Defaults) -> int:
@@ -93,7 +104,7 @@ def container(
     command: list[str],
     resources: PodResources,
     env: list[dict],
-    store: StorageSettings,
+    store: Store,
     defaults: Defaults,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -102,10 +113,7 @@ def container(
         "command": command,
         "env": env,
         "resources": compute_resources(resources),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "scratch", "mountPath": SCRATCH_DIR},
-        ],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
         # The log's tail becomes the termination message when a job fails: the reason for the
         # failure reaches the pod's status even where logs are gone.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -131,11 +139,7 @@ def pod(
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,  # jobs do not talk to the API server
         "containers": containers,
-        "volumes": [
-            {"name": "config", "configMap": {"name": config_map}},
-            {"name": "scratch", "emptyDir": {}},
-            *volumes,
-        ],
+        "volumes": [{"name": "config", "configMap": {"name": config_map}}, *volumes],
         **spec_fields,
     }
     if resources.node_selector:
@@ -148,12 +152,13 @@ def pod(
     return merge_pod_template(body, resources.pod_template)
 
 
-def config_map(owner: Owner, name: str, role: str, config: dict[str, Any]) -> dict[str, Any]:
+def config_map(owner: Owner, name: str, role: str, config_json: str) -> dict[str, Any]:
+    """The job's config, mounted at CONFIG_FILE."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(owner, name, role),
-        "data": {"config.json": json.dumps(config, indent=2, sort_keys=True)},
+        "data": {"config.json": config_json},
     }
 
 

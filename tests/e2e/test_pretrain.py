@@ -197,7 +197,7 @@ def test_deleted_worker_restarts_the_gang_from_its_checkpoint(
     config |= {
         "endpointUrl": s3_endpoint, "nodes": 1, "processesPerNode": 2,
         "checkpointUri": (tmp_path / "checkpoints").as_uri(),
-        "outputUri": (tmp_path / "model").as_uri(), "progressPath": str(tmp_path / "progress"),
+        "outputUri": (tmp_path / "model").as_uri(),
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

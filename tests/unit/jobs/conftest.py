@@ -15,9 +15,9 @@ from lmforge.jobs import hf
 from lmforge.jobs.data.tokenize import train as train_tokenizer
 from lmforge.jobs.model import Transformer
 from lmforge.jobs.serve.__main__ import load
-from lmforge.jobs.serve.config import ServeConfig
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.dataset import TokenizerTraining
+from lmforge.operator.api.jobs import ServeConfig
 
 CONTEXT = 96
 

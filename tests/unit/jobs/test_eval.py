@@ -11,8 +11,9 @@ from rouge_score import rouge_scorer
 
 from lmforge.jobs.eval import tasks
 from lmforge.jobs.eval.__main__ import main
-from lmforge.jobs.eval.config import EvalConfig
 from lmforge.jobs.generate import Sampling, generate
+from lmforge.operator.api.events import parse
+from lmforge.operator.api.jobs import EvalConfig
 
 ROWS = [{"prompt": "def load(", "reference": "fp, *, cls=None):"},
         {"prompt": "import ", "reference": "json"},
@@ -85,11 +86,19 @@ def test_the_job_reports_every_task_and_its_gate(model_dir, tmp_path, capsys):
                   {"name": "em", "type": "exactMatch", "uri": uri, "maxExamples": 2},
                   {"name": "mc", "type": "multipleChoice", "uri": mc}],
         "thresholds": [{"metric": "gen.bleu", "max": 100}, {"metric": "mc.accuracy", "min": 2}],
+        "resultsUri": (tmp_path / "out" / "results.json").as_uri(),
     })  # fmt: skip
     (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-    out = tmp_path / "results.json"
-    assert main(["--config", str(tmp_path / "config.json"), "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
+    capsys.readouterr()
+    assert main(["--config", str(tmp_path / "config.json")]) == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    (done,) = parse(capsys.readouterr().out)  # what the backends read: every figure, the gate
+    assert done["event"] == "done" and done["output"] == config.results_uri
+    assert (done["results"], done["passed"], done["missed"]) == (
+        report["results"],
+        report["passed"],
+        report["missed"],
+    )
     assert set(report["results"]) == {"gen.bleu", "sum.rouge1", "sum.rouge2", "sum.rougeL",
                                       "em.exactMatch", "mc.accuracy", "mc.accuracyNorm"}  # fmt: skip
     assert report["details"]["em"]["examples"] == 2
@@ -128,9 +137,10 @@ def test_reward_task_scores_greedy_replies_and_references(loaded, model_dir, tmp
         "taskUris": {"rm": str(tmp_path / "rm")},
         "tasks": [{"name": "rm", "type": "reward", "uri": write(tmp_path / "p.jsonl", ROWS),
                    "rewardModelRef": {"name": "x"}, "maxNewTokens": 6}],
+        "resultsUri": (tmp_path / "r.json").as_uri(),
     })  # fmt: skip
     (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-    assert main(["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "r.json")]) == 0
+    assert main(["--config", str(tmp_path / "config.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert results["rm.reward"] == pytest.approx(sum(m for m, _ in expected) / 3, abs=1e-5)
     assert results["rm.referenceReward"] == pytest.approx(sum(t for _, t in expected) / 3, abs=1e-5)
@@ -138,4 +148,4 @@ def test_reward_task_scores_greedy_replies_and_references(loaded, model_dir, tmp
     # A model that is not a reward model is refused, naming the task.
     config.task_uris["rm"] = str(model_dir)
     (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-    assert main(["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "r.json")]) == 2
+    assert main(["--config", str(tmp_path / "config.json")]) == 2

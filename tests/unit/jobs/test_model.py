@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmforge.jobs.model import Transformer
-from lmforge.jobs.sizing import parameter_shapes
 from lmforge.operator.api.architecture import Architecture
+from lmforge.operator.api.sizing import parameter_shapes
 
 VOCAB = 256
 

@@ -11,11 +11,11 @@ from lmforge.operator.cli import main, parser
 GIB = 2**30
 
 
-def planned(*flags: str) -> plan.Plan:
+def planned(*flags: str) -> plan.Estimate:
     return plan.plan_from_args(parser().parse_args(["plan", *flags]))
 
 
-def by_strategy(p: plan.Plan) -> dict[tuple[str, bool], plan.Memory]:
+def by_strategy(p: plan.Estimate) -> dict[tuple[str, bool], plan.Memory]:
     return {(m.strategy, m.activation_checkpointing): m for m in p.memory}
 
 

@@ -12,8 +12,8 @@ import pytest
 import uvicorn
 
 from lmforge.jobs.serve.app import create_app
-from lmforge.jobs.serve.config import ServeConfig
 from lmforge.jobs.serve.engine import Engine
+from lmforge.operator.api.jobs import ServeConfig
 
 from ..conftest import CONTEXT  # noqa: F401 (the tests import it from here)
 

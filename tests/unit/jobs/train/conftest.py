@@ -22,6 +22,7 @@ from lmforge.jobs.finetune.functions import functions
 from lmforge.jobs.model import Transformer
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.dataset import DatasetSpec
+from lmforge.operator.api.events import parse
 
 SEQUENCE = 33
 CONTEXT = 128
@@ -56,14 +57,14 @@ def config(tmp: Path, dataset: str, strategy: str = "ddp", **training) -> dict:
         "checkpointUri": (tmp / "checkpoints").as_uri(),
         "outputUri": (tmp / "model").as_uri(),
         "processesPerNode": 2,
-        "progressPath": str(tmp / "progress.jsonl"),
     }  # fmt: skip
 
 
 def events(tmp: Path, kind: str | None = None) -> list[dict]:
-    path = tmp / "progress.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [e for e in map(json.loads, lines) if kind is None or e["event"] == kind]
+    """The events the trainer printed (rank 0, on stdout), every run in `tmp` in order."""
+    path = tmp / "stdout.log"
+    found = parse(path.read_text()) if path.exists() else []
+    return [e for e in found if kind is None or e["event"] == kind]
 
 
 def train(
@@ -77,8 +78,8 @@ def train(
                f"--nproc-per-node={nproc}", "-m", "lmforge.jobs.train",
                "--config", str(tmp / "config.json")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(tmp / "stderr.log", "a") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    with open(tmp / "stderr.log", "a") as log, open(tmp / "stdout.log", "a") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=log, env=env)
         deadline = time.monotonic() + 300
         while stop_at is not None and process.poll() is None and time.monotonic() < deadline:
             if any(e["step"] >= stop_at for e in events(tmp, "step")):

@@ -29,7 +29,6 @@ def sft_config(tmp, base_dir, steps=30, **training) -> dict:
         "checkpointUri": (tmp / "checkpoints").as_uri(),
         "outputUri": (tmp / "model").as_uri(),
         "processesPerNode": 2,
-        "progressPath": str(tmp / "progress.jsonl"),
     }  # fmt: skip
 
 

@@ -50,7 +50,6 @@ def preference_config(tmp, base_dir, data, method, steps=40, **fields) -> dict:
         "checkpointUri": (tmp / "checkpoints").as_uri(),
         "outputUri": (tmp / "model").as_uri(),
         "processesPerNode": 2,
-        "progressPath": str(tmp / "progress.jsonl"),
         **fields,
     }  # fmt: skip
 

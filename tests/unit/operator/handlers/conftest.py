@@ -12,6 +12,7 @@ import kopf
 import pytest
 import yaml
 
+from lmforge.operator.api import KINDS
 from lmforge.operator.handlers import reconcile
 from lmforge.operator.handlers.settings import Settings
 from lmforge.operator.kube import OwnershipError, controller_of
@@ -48,7 +49,7 @@ class FakeKube:
         meta.setdefault("generation", 1)
         if status is not None:
             obj["status"] = status
-        plural = reconcile.PLURALS[obj["kind"]]
+        plural = KINDS[obj["kind"]].plural
         self.objects[(plural, meta["namespace"], meta["name"])] = obj
         return obj
 

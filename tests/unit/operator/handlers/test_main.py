@@ -41,7 +41,9 @@ def test_the_operator_never_imports_torch():
     assert not loaded_after("import lmforge.operator.main") & {"torch", "numpy", "jobs"}
 
 
-def test_renderers_do_not_talk_to_the_api():
-    modules = "dataset, deployment, evaluation, gang, job, training, status, progress, inputs"
-    loaded = loaded_after(f"from lmforge.operator.render import {modules}")
+def test_renderers_and_descriptions_do_not_talk_to_the_api():
+    modules = "dataset, deployment, gang, job, names, observe, overlay, pods, status"
+    loaded = loaded_after(
+        f"import lmforge.operator.stages; from lmforge.operator.render import {modules}"
+    )
     assert not loaded & {"kopf", "kubernetes", "urllib3", "aiohttp"}

@@ -6,7 +6,7 @@ import json
 import kopf
 import pytest
 
-from lmforge.operator.handlers import dataset, evaluation, finetune, pretrainjob, reconcile
+from lmforge.operator.handlers import reconcile
 
 DATASET = """
 apiVersion: lmforge.dev/v1alpha1
@@ -56,7 +56,7 @@ def condition(status, type_):
 
 def test_pretrainjob_waits_for_its_dataset_and_secret(cluster, events):
     cluster.add(PRETRAIN)
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert status["phase"] == "Waiting" and cluster.pods() == {}
     assert condition(status, "Waiting")["message"] == (
@@ -70,7 +70,7 @@ def test_pretrainjob_lifecycle(cluster, events):
     cluster.add(DATASET, status=BUILT)
     cluster.secrets.add("creds")
     job = cluster.add(PRETRAIN)
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     assert sorted(cluster.pods()) == ["tiny-worker-0", "tiny-worker-1"]
     config = json.loads(
         cluster.objects[("ConfigMap", "team-a", "tiny-config")]["data"]["config.json"]
@@ -106,7 +106,7 @@ def test_pretrainjob_lifecycle(cluster, events):
             ),
         ]
     )
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert (status["phase"], status["progress"], status["loss"]) == ("Running", "4/20", 5.0)
     assert status["lastCheckpoint"]["step"] == 4
@@ -114,25 +114,25 @@ def test_pretrainjob_lifecycle(cluster, events):
 
     # nothing changed: the second pass patches nothing and posts nothing
     patches, posted = len(cluster.status_patches), len(events)
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     assert (len(cluster.status_patches), len(events)) == (patches, posted)
 
     # a worker fails: the gang goes, with restarts counted
     cluster.set_pod("tiny-worker-1", "Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     assert cluster.status("pretrainjobs", "tiny")["restarts"] == 1 and cluster.pods() == {}
     assert events[-1][1:3] == ("Warning", "Restarting")
     assert {grace for kind, _, grace in cluster.deleted} == {30}
 
     # the next pass recreates it as attempt 1
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     pods = cluster.pods()
     assert {p["metadata"]["labels"]["lmforge.dev/attempt"] for p in pods.values()} == {"1"}
 
     # all succeed
     for name in pods:
         cluster.set_pod(name, "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert status["phase"] == "Succeeded" and condition(status, "Succeeded")["status"] == "True"
     assert job["metadata"]["uid"] == pods["tiny-worker-0"]["metadata"]["ownerReferences"][0]["uid"]
@@ -144,10 +144,10 @@ def test_restarts_stop_at_the_backoff_limit(cluster, events):
     cluster.add(
         PRETRAIN, status={"phase": "Pending", "restarts": 1, "startTime": "2026-01-01T00:00:00Z"}
     )
-    run(pretrainjob.KIND, "tiny")  # creates attempt 1
+    run("PretrainJob", "tiny")  # creates attempt 1
     cluster.set_pod("tiny-worker-0", "Running", running={})
     cluster.set_pod("tiny-worker-1", "Failed", terminated={"exitCode": 1, "reason": "Error"})
-    run(pretrainjob.KIND, "tiny")
+    run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert (
         status["phase"] == "Failed"
@@ -160,10 +160,10 @@ def test_restarts_stop_at_the_backoff_limit(cluster, events):
 def test_invalid_spec_is_recorded_once_naming_the_field(cluster, events):
     cluster.add(PRETRAIN.replace('storage: {uri: "s3://bucket", secretName: creds}', "storage: {}"))
     with pytest.raises(kopf.PermanentError, match=r"^spec\.storage\.uri: is unset"):
-        run(pretrainjob.KIND, "tiny")
+        run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert status["phase"] == "Failed" and condition(status, "Failed")["reason"] == "InvalidSpec"
-    run(pretrainjob.KIND, "tiny")  # already recorded: quiet
+    run("PretrainJob", "tiny")  # already recorded: quiet
     assert len(cluster.status_patches) == 1 and len(events) == 1
 
 
@@ -179,13 +179,13 @@ def test_a_child_owned_by_another_controller_is_left_alone(cluster, events):
         },
     }
     with pytest.raises(kopf.TemporaryError, match="managed by someone else"):
-        run(pretrainjob.KIND, "tiny")
+        run("PretrainJob", "tiny")
     assert cluster.pods() == {}
 
 
 def test_dataset_summary_becomes_status_and_lineage(cluster, events):
     cluster.add(DATASET)
-    run(dataset.KIND, "corpus")
+    run("Dataset", "corpus")
     assert list(cluster.pods()) == ["corpus-data-0"]
     done = {
         "event": "done",
@@ -202,7 +202,7 @@ def test_dataset_summary_becomes_status_and_lineage(cluster, events):
         "Succeeded",
         terminated={"exitCode": 0, "reason": "Completed", "message": json.dumps(done)},
     )
-    run(dataset.KIND, "corpus")
+    run("Dataset", "corpus")
     status = cluster.status("datasets", "corpus")
     assert (status["phase"], status["tokens"], status["shards"]) == ("Succeeded", 99, 1)
     assert status["lineage"]["outputs"] == [
@@ -217,7 +217,7 @@ def test_evaluation_below_threshold_fails_the_gate(cluster, events):
         PRETRAIN, status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://m"}]}}
     )
     cluster.add(EVALUATION)
-    run(evaluation.KIND, "check")
+    run("Evaluation", "check")
     config = json.loads(
         cluster.objects[("ConfigMap", "team-a", "check-eval-config")]["data"]["config.json"]
     )
@@ -234,7 +234,7 @@ def test_evaluation_below_threshold_fails_the_gate(cluster, events):
         }
     )
     cluster.set_pod("check-eval-0", "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
-    run(evaluation.KIND, "check")
+    run("Evaluation", "check")
     status = cluster.status("evaluations", "check")
     assert status["phase"] == "Failed" and status["passed"] is False
     assert condition(status, "Failed")["reason"] == "ThresholdsNotMet"
@@ -252,7 +252,7 @@ spec:
   training: {steps: 3}
   storage: {uri: "s3://bucket"}
 """)
-    run(finetune.REWARD_MODEL, "rm")
+    run("RewardModel", "rm")
     status = cluster.status("rewardmodels", "rm")
     assert status["phase"] == "Waiting" and cluster.pods() == {}
     assert (
@@ -264,7 +264,7 @@ spec:
         "spec: {modelRef: {kind: PretrainJob, name: tiny}}\n",
         status={"phase": "Available", "lineage": {"outputs": outputs}},
     )
-    run(finetune.REWARD_MODEL, "rm")
+    run("RewardModel", "rm")
     assert sorted(cluster.pods()) == ["rm-worker-0"]
     config = json.loads(
         cluster.objects[("ConfigMap", "team-a", "rm-config")]["data"]["config.json"]
@@ -281,8 +281,8 @@ spec:
 def test_a_deleted_resource_is_left_to_the_garbage_collector(cluster, events):
     obj = cluster.add(DATASET)
     obj["metadata"]["deletionTimestamp"] = "2026-11-01T12:00:00Z"
-    run(dataset.KIND, "corpus")
-    run(dataset.KIND, "gone")
+    run("Dataset", "corpus")
+    run("Dataset", "gone")
     assert cluster.pods() == {} and cluster.status_patches == []
 
 
@@ -304,11 +304,11 @@ spec:
 
 def test_finetune_waits_for_its_base_model_then_runs_the_gang(cluster, events):
     cluster.add(FINETUNE.replace("METHOD", "sft"))
-    run(finetune.KIND, "chat")
+    run("FineTune", "chat")
     assert cluster.status("finetunes", "chat")["phase"] == "Waiting" and cluster.pods() == {}
     trained = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/pt/model"}]}}
     cluster.add(PRETRAIN, status=trained)
-    run(finetune.KIND, "chat")
+    run("FineTune", "chat")
     assert sorted(cluster.pods()) == ["chat-worker-0", "chat-worker-1"]
     config = json.loads(
         cluster.objects[("ConfigMap", "team-a", "chat-config")]["data"]["config.json"]
@@ -341,7 +341,7 @@ def test_a_method_not_built_yet_fails_naming_the_field(cluster, events):
         )
     )
     with pytest.raises(kopf.PermanentError):
-        run(finetune.KIND, "chat")
+        run("FineTune", "chat")
     status = cluster.status("finetunes", "chat")
     assert status["phase"] == "Failed"
     assert condition(status, "Failed")["message"].startswith("spec.method: ppo is not available")
@@ -361,13 +361,13 @@ def test_dpo_reads_preferences_against_its_reference(cluster, events):
         "lora: {rank: 4}", "dpo: {beta: 0.2, reference: {fineTuneRef: {name: ref}}}"
     )
     cluster.add(spec)
-    run(finetune.KIND, "chat")
+    run("FineTune", "chat")
     assert cluster.status("finetunes", "chat")["phase"] == "Waiting"  # for spec.dpo.reference
     reference = {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://bucket/ref"}]}}
     cluster.add(
         FINETUNE.replace("METHOD", "sft").replace("name: chat", "name: ref"), status=reference
     )
-    run(finetune.KIND, "chat")
+    run("FineTune", "chat")
     config = config_of(cluster, "chat")
     assert {k: config[k] for k in ("method", "beta", "preferencesUri", "referenceUri")} == {
         "method": "dpo",
@@ -392,7 +392,7 @@ def test_grpo_reads_prompts_and_its_reward_model(cluster, events):
     cluster.add(FINETUNE.replace("METHOD", "grpo").replace(
         "lora: {rank: 4}", 'rewardModelRef: {name: rm}\n  prompts: {uri: "s3://bucket/q.jsonl"}\n'
         "  rl: {samplesPerPrompt: 3}"))  # fmt: skip
-    run(finetune.KIND, "chat")
+    run("FineTune", "chat")
     config = config_of(cluster, "chat")
     assert (config["method"], config["promptsUri"], config["rewardModelUri"]) == (
         "grpo", "s3://bucket/q.jsonl", "s3://bucket/rm")  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.operator import cli
+from lmforge.operator.api.events import parse
 
 MINI = {
     "01-dataset.yaml": """
@@ -116,7 +117,8 @@ def test_runs_the_lifecycle_and_writes_the_report(tmp_path, capsys):
     }
     # The Deployment's server answered a chat request, then stopped with the run (--no-serve).
     served = status(state, "Deployment", "mini-chat")
-    assert served["phase"] == "Available" and isinstance(served["sample"], str)
+    running = next(c for c in served["conditions"] if c["type"] == "Running")
+    assert served["phase"] == "Available" and running["message"].endswith("answered a chat request")
     assert served["lineage"]["inputs"][0]["uri"] == trained["lineage"]["outputs"][0]["uri"]
     port = int(served["endpoint"].rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(OSError):
@@ -178,10 +180,10 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path, stop
         "--no-serve",
     ]
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    progress = state / "runs" / "pretrainjob" / "mini-model" / "progress.jsonl"
+    log = state / "runs" / "pretrainjob" / "mini-model" / "worker.log"  # the trainer's output
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if progress.exists() and '"step": 5,' in progress.read_text():
+        if log.exists() and any(e.get("step", 0) >= 5 for e in parse(log.read_text())):
             break
         time.sleep(0.1)
     runner.send_signal(stop)
@@ -194,7 +196,7 @@ def test_ctrl_c_during_training_checkpoints_and_the_rerun_resumes(tmp_path, stop
     assert saved >= 5
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:]
-    events = [json.loads(x) for x in progress.read_text().splitlines()]
+    events = parse(log.read_text())
     assert [e["step"] for e in events if e["event"] == "resume"] == [saved]
     assert "Dataset/mini: unchanged, skipped" in resumed.stdout
 

@@ -3,16 +3,15 @@ its status: waiting on the model, held by a failed gate, progressing, available.
 
 import json
 
-import pytest
-
-from lmforge.jobs.serve.config import ServeConfig
-from lmforge.operator.api import conditions as c
+from lmforge.operator.api import conditions
+from lmforge.operator.api.common import Artifact
+from lmforge.operator.api.deployment import DeploymentStatus
+from lmforge.operator.api.jobs import ServeConfig
 from lmforge.operator.render import deployment as render
-from lmforge.operator.render.inputs import Dependencies
-from lmforge.operator.render.names import RenderError
-from lmforge.operator.render.pods import storage
+from lmforge.operator.stages.deployment import model_digest
+from lmforge.operator.stages.inputs import Dependencies
 
-from .conftest import NOW
+from ..conftest import NOW
 
 DEPLOYMENT = """
 apiVersion: lmforge.dev/v1alpha1
@@ -24,27 +23,25 @@ spec:
   replicas: 2
   storage: {uri: "s3://bucket", secretName: s3-credentials}
 """
-MODEL = {"uri": "s3://bucket/finetune/tuned/model", "digest": "sha256:aaa"}
+MODEL = Artifact(uri="s3://bucket/finetune/tuned/model", digest="sha256:aaa")
 
 
-def build(resource, owner, defaults, model=MODEL, **spec):
-    d = resource(DEPLOYMENT, **spec)
-    store = storage(d.spec.storage, defaults)
-    config = render.serve_config(d, model["uri"], store)
-    digest = render.model_digest(model, config)
-    return (
-        config,
-        digest,
-        render.children(owner("Deployment", "chat"), d, config, digest, defaults, store),
-    )
+def build(resource, rendering, model=MODEL, **spec):
+    r = rendering(resource(DEPLOYMENT, **spec), {"spec.modelRef": model})
+    digest = model_digest(r.description)
+    return r.description.config, digest, render.children(r, digest)
 
 
-def test_children_serve_the_model_and_roll_when_it_changes(resource, owner, defaults):
-    config, digest, (cm, apps, service) = build(resource, owner, defaults)
-    assert (
-        ServeConfig.model_validate(json.loads(cm["data"]["config.json"])).model_uri == MODEL["uri"]
-    )
-    assert config["feedbackUri"] == "s3://bucket/deployment/chat/feedback"
+def decide(previous, *args):
+    """render.decide from and to the API's dicts."""
+    status, roll = render.decide(DeploymentStatus.model_validate(previous), *args)
+    return status.wire(), roll
+
+
+def test_children_serve_the_model_and_roll_when_it_changes(resource, rendering, defaults):
+    config, digest, (cm, apps, service) = build(resource, rendering)
+    assert ServeConfig.model_validate_json(cm["data"]["config.json"]).model_uri == MODEL.uri
+    assert config.feedback_uri == "s3://bucket/deployment/chat/feedback"
     assert apps["spec"]["replicas"] == 2
     template = apps["spec"]["template"]
     assert template["metadata"]["annotations"][render.DIGEST_ANNOTATION] == digest
@@ -54,13 +51,13 @@ def test_children_serve_the_model_and_roll_when_it_changes(resource, owner, defa
     assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert server["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]  # never in the spec
     assert service["spec"]["selector"] == apps["spec"]["selector"]["matchLabels"]
-    _, other, _ = build(resource, owner, defaults, {**MODEL, "digest": "sha256:bbb"})
+    _, other, _ = build(resource, rendering, MODEL.model_copy(update={"digest": "sha256:bbb"}))
     assert other != digest  # a new model is a new pod template: Kubernetes rolls it out
 
 
-def test_autoscaling_and_api_keys(resource, owner, defaults):
+def test_autoscaling_and_api_keys(resource, rendering):
     _, _, children = build(
-        resource, owner, defaults, autoscaling={"maxReplicas": 5}, auth={"secretName": "keys"}
+        resource, rendering, autoscaling={"maxReplicas": 5}, auth={"secretName": "keys"}
     )
     cm, apps, _, hpa = children
     assert "replicas" not in apps["spec"] and hpa["spec"]["maxReplicas"] == 5
@@ -85,42 +82,31 @@ def served(digest, ready, generation=1, observed=1):
 def test_status_waits_is_held_by_a_failed_gate_then_rolls_out(owner):
     o = owner("Deployment", "chat")
     waiting = Dependencies(["spec.modelRef: FineTune/tuned is Running"], [], {})
-    status, roll = render.decide({}, 1, waiting, None, None, o, NOW)
+    status, roll = decide({}, 1, waiting, None, None, o, NOW)
     assert (status["phase"], roll) == ("Waiting", False)
     gate = Dependencies(
         [],
         ["spec.evaluationRef: Evaluation/gate failed: ppl.perplexity 90 > 50"],
         {"spec.modelRef": MODEL},
     )
-    status, roll = render.decide({}, 1, gate, None, "sha256:x", o, NOW)
+    status, roll = decide({}, 1, gate, None, "sha256:x", o, NOW)
     assert (status["phase"], roll) == ("Waiting", False)
-    held = next(x for x in status["conditions"] if x["type"] == c.WAITING)
+    held = next(x for x in status["conditions"] if x["type"] == conditions.WAITING)
     assert (
-        held["reason"] == c.GATE_FAILED
+        held["reason"] == conditions.GATE_FAILED
         and "no rollout until the Evaluation passes" in held["message"]
     )
     # A model that is served already keeps serving while a new gate fails.
-    status, roll = render.decide({}, 1, gate, served("sha256:old", 1), "sha256:x", o, NOW)
+    status, roll = decide({}, 1, gate, served("sha256:old", 1), "sha256:x", o, NOW)
     assert (status["phase"], roll) == ("Available", False)
     ready = Dependencies([], [], {"spec.modelRef": MODEL})
-    status, roll = render.decide({}, 1, ready, served("sha256:old", 1), "sha256:x", o, NOW)
+    status, roll = decide({}, 1, ready, served("sha256:old", 1), "sha256:x", o, NOW)
     assert (status["phase"], roll, status["modelDigest"]) == ("Progressing", True, "sha256:x")
-    status, _ = render.decide(status, 1, ready, served("sha256:x", 0), "sha256:x", o, NOW)
+    status, _ = decide(status, 1, ready, served("sha256:x", 0), "sha256:x", o, NOW)
     assert status["phase"] == "Progressing"
-    status, _ = render.decide(status, 1, ready, served("sha256:x", 1), "sha256:x", o, NOW)
+    status, _ = decide(status, 1, ready, served("sha256:x", 1), "sha256:x", o, NOW)
     assert (status["phase"], status["readyReplicas"]) == ("Available", 1)
     assert status["endpoint"] == "http://chat.team-a.svc:8000/v1"
     failed = Dependencies([], ["spec.modelRef: FineTune/tuned failed: OOMKilled"], {})
-    status, roll = render.decide(status, 2, failed, None, None, o, NOW)
+    status, roll = decide(status, 2, failed, None, None, o, NOW)
     assert (status["phase"], roll) == ("Failed", False)
-
-
-def test_onnx_runtime_with_int8_is_refused_naming_the_field(resource, defaults):
-    d = resource(DEPLOYMENT, runtime="onnx", quantization="int8")
-    with pytest.raises(RenderError) as refused:
-        render.serve_config(d, MODEL["uri"], storage(d.spec.storage, defaults))
-    assert refused.value.field == "spec.quantization" and "fp32 graph" in str(refused.value)
-    for runtime, quantization in (("onnx", "none"), ("native", "int8")):
-        ok = resource(DEPLOYMENT, runtime=runtime, quantization=quantization)
-        config = render.serve_config(ok, "s3://m", storage(ok.spec.storage, defaults))
-        assert (config["runtime"], config["quantization"]) == (runtime, quantization)

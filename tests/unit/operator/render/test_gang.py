@@ -2,15 +2,23 @@
 
 Each case is one pass: what was observed in, the plan (status, deletions, creations) out."""
 
+import dataclasses
+import json
+from typing import NamedTuple
+
 import pytest
 
-from lmforge.operator.api import conditions as c
-from lmforge.operator.api import conditions as r
-from lmforge.operator.api.common import RunPolicy
-from lmforge.operator.render.gang import decide_gang
-from lmforge.operator.render.inputs import Dependencies
+from lmforge.operator.api import conditions
+from lmforge.operator.api.common import Lineage, RunPolicy
+from lmforge.operator.render import names
+from lmforge.operator.render.gang import GANG
 from lmforge.operator.render.observe import PodState
+from lmforge.operator.render.pods import Defaults
+from lmforge.operator.stages import STAGES
+from lmforge.operator.stages.base import SpecError
+from lmforge.operator.stages.inputs import Dependencies
 
+DATASET_URI = "s3://bucket/team-a/dataset/corpus"
 WORKERS = ("tiny-worker-0", "tiny-worker-1", "tiny-worker-2")
 STARTED = {"phase": "Running", "startTime": "2026-11-01T11:00:00Z"}
 
@@ -30,42 +38,54 @@ def condition(status, type_):
     return next((x for x in status.get("conditions", []) if x["type"] == type_), None)
 
 
-def decide(observed, **fields):
-    return decide_gang(observed(**fields), "tiny", 3)
+@pytest.fixture
+def decide(observed, resource, owner):
+    """One pass over the 3-worker PretrainJob `tiny`; the decision's status as the API's dict."""
+
+    def run(**fields):
+        decision = GANG.decide(observed(**fields), owner(), resource(), STAGES["PretrainJob"])
+        return dataclasses.replace(decision, status=decision.status.wire())
+
+    return run
 
 
-def test_a_new_run_creates_the_whole_gang(observed):
-    plan = decide(observed, lineage={"image": "img"})
+def test_a_new_run_creates_the_whole_gang(decide):
+    plan = decide(lineage=Lineage(image="img"))
     assert plan.create == WORKERS and plan.delete == () and plan.attempt == 0
     assert plan.status["phase"] == "Pending" and plan.status["startTime"] == "2026-11-01T12:00:00Z"
-    assert plan.status["lineage"] == {"image": "img"} and plan.status["observedGeneration"] == 1
+    assert (
+        plan.status["lineage"] == {"inputs": [], "outputs": [], "image": "img"}
+        and plan.status["observedGeneration"] == 1
+    )
 
 
-def test_waits_for_references_naming_them(observed):
+def test_waits_for_references_naming_them(decide):
     deps = Dependencies(["spec.datasetRef: Dataset/corpus is Running"], [], {})
-    plan = decide(observed, dependencies=deps)
+    plan = decide(dependencies=deps)
     assert plan.status["phase"] == "Waiting" and plan.create == ()
-    waiting = condition(plan.status, c.WAITING)
-    assert (waiting["status"], waiting["reason"]) == ("True", c.DEPENDENCY_NOT_READY)
+    waiting = condition(plan.status, conditions.WAITING)
+    assert (waiting["status"], waiting["reason"]) == ("True", conditions.DEPENDENCY_NOT_READY)
     assert waiting["message"] == "spec.datasetRef: Dataset/corpus is Running"
 
 
-def test_ready_references_end_the_wait(observed):
+def test_ready_references_end_the_wait(decide):
     waiting = {
         "phase": "Waiting",
         "conditions": [
             {"type": "Waiting", "status": "True", "reason": "DependencyNotReady", "message": "x"}
         ],
     }
-    plan = decide(observed, previous=waiting)
-    assert condition(plan.status, c.WAITING)["status"] == "False" and plan.create == WORKERS
+    plan = decide(previous=waiting)
+    assert (
+        condition(plan.status, conditions.WAITING)["status"] == "False" and plan.create == WORKERS
+    )
 
 
-def test_a_failed_reference_fails_the_run(observed):
+def test_a_failed_reference_fails_the_run(decide):
     deps = Dependencies([], ["spec.datasetRef: Dataset/corpus failed: no documents"], {})
-    plan = decide(observed, dependencies=deps)
+    plan = decide(dependencies=deps)
     assert plan.status["phase"] == "Failed" and plan.create == ()
-    assert condition(plan.status, c.FAILED)["reason"] == c.DEPENDENCY_FAILED
+    assert condition(plan.status, conditions.FAILED)["reason"] == conditions.DEPENDENCY_FAILED
 
 
 @pytest.mark.parametrize(
@@ -76,122 +96,118 @@ def test_a_failed_reference_fails_the_run(observed):
         (("Pending", "Pending"), "Pending", "False", ("tiny-worker-2",)),  # creation was cut short
     ],
 )
-def test_running_when_every_worker_runs(observed, phases, phase, running, create):
-    plan = decide(observed, previous={"phase": "Pending"}, pods=gang(*phases))
+def test_running_when_every_worker_runs(decide, phases, phase, running, create):
+    plan = decide(previous={"phase": "Pending"}, pods=gang(*phases))
     assert plan.status["phase"] == phase and plan.create == create
-    assert condition(plan.status, c.RUNNING)["status"] == running
+    assert condition(plan.status, conditions.RUNNING)["status"] == running
 
 
-def test_a_waiting_reason_is_shown(observed):
+def test_a_waiting_reason_is_shown(decide):
     pods = (worker(0), worker(1, "Pending", waiting="ErrImagePull: not found"), worker(2))
-    plan = decide(observed, previous={"phase": "Pending"}, pods=pods)
-    assert condition(plan.status, c.RUNNING)["message"] == "tiny-worker-1: ErrImagePull: not found"
+    plan = decide(previous={"phase": "Pending"}, pods=pods)
+    assert (
+        condition(plan.status, conditions.RUNNING)["message"]
+        == "tiny-worker-1: ErrImagePull: not found"
+    )
 
 
-def test_one_failed_worker_restarts_the_whole_gang(observed):
+def test_one_failed_worker_restarts_the_whole_gang(decide):
     pods = (worker(0), worker(1, "Failed", **OOM), worker(2))
-    plan = decide(observed, previous=STARTED, pods=pods)
+    plan = decide(previous=STARTED, pods=pods)
     assert plan.status["restarts"] == 1 and plan.attempt == 1
     assert set(plan.delete) == set(WORKERS) and plan.create == ()
     assert plan.grace_seconds == 30  # the others cannot checkpoint without their peer
-    running = condition(plan.status, c.RUNNING)
-    assert running["reason"] == r.RESTARTING
+    running = condition(plan.status, conditions.RUNNING)
+    assert running["reason"] == conditions.RESTARTING
     assert running["message"] == (
         "tiny-worker-1 ran out of memory (OOMKilled): raise spec.resources.memory:"
         " restarting all 3 workers (1 of 3)"
     )
 
 
-def test_the_next_attempt_waits_for_the_old_pods_to_go(observed):
+def test_the_next_attempt_waits_for_the_old_pods_to_go(decide):
     previous = {**STARTED, "restarts": 1, "phase": "Pending"}
     terminating = tuple(worker(i, "Running", 0, terminating=True) for i in range(3))
-    assert decide(observed, previous=previous, pods=terminating).create == ()
-    plan = decide(observed, previous=previous, pods=())
+    assert decide(previous=previous, pods=terminating).create == ()
+    plan = decide(previous=previous, pods=())
     assert plan.create == WORKERS and plan.attempt == 1
 
 
-def test_pods_of_an_older_attempt_are_deleted_first(observed):
+def test_pods_of_an_older_attempt_are_deleted_first(decide):
     previous = {**STARTED, "restarts": 1, "phase": "Pending"}
-    plan = decide(
-        observed, previous=previous, pods=(worker(0, "Running", 0), worker(1, "Failed", 0, **OOM))
-    )
+    plan = decide(previous=previous, pods=(worker(0, "Running", 0), worker(1, "Failed", 0, **OOM)))
     assert plan.delete == ("tiny-worker-0", "tiny-worker-1") and plan.create == ()
     assert plan.status["restarts"] == 1  # already counted: not counted again
 
 
-def test_a_worker_that_disappeared_restarts_the_gang(observed):
-    plan = decide(observed, previous=STARTED, pods=(worker(0), worker(2)))
+def test_a_worker_that_disappeared_restarts_the_gang(decide):
+    plan = decide(previous=STARTED, pods=(worker(0), worker(2)))
     assert plan.status["restarts"] == 1
-    assert "tiny-worker-1 disappeared" in condition(plan.status, c.RUNNING)["message"]
+    assert "tiny-worker-1 disappeared" in condition(plan.status, conditions.RUNNING)["message"]
 
 
-def test_backoff_limit_ends_it(observed):
+def test_backoff_limit_ends_it(decide):
     previous = {**STARTED, "restarts": 2}
     pods = (*gang("Running", "Running", attempt=2), worker(2, "Failed", 2, **OOM))
-    plan = decide(observed, previous=previous, pods=pods, run_policy=RunPolicy(backoffLimit=2))
+    plan = decide(previous=previous, pods=pods, run_policy=RunPolicy(backoffLimit=2))
     assert plan.status["phase"] == "Failed" and plan.status["restarts"] == 2
     assert plan.delete == ("tiny-worker-0", "tiny-worker-1")  # the failed pod stays, with its logs
-    failed = condition(plan.status, c.FAILED)
-    assert failed["reason"] == r.BACKOFF_LIMIT_EXCEEDED
+    failed = condition(plan.status, conditions.FAILED)
+    assert failed["reason"] == conditions.BACKOFF_LIMIT_EXCEEDED
     assert failed["message"].endswith(
         "all 3 workers was restarted 2 times, the limit in runPolicy.backoffLimit"
     )
 
 
-def test_a_configuration_error_is_not_retried(observed):
+def test_a_configuration_error_is_not_retried(decide):
     pods = (worker(0, "Failed", exit_code=2, reason="Error"), worker(1), worker(2))
-    plan = decide(observed, previous=STARTED, pods=pods)
+    plan = decide(previous=STARTED, pods=pods)
     assert plan.status["phase"] == "Failed" and plan.status.get("restarts", 0) == 0
-    assert condition(plan.status, c.FAILED)["reason"] == r.CONFIG_ERROR
+    assert condition(plan.status, conditions.FAILED)["reason"] == conditions.CONFIG_ERROR
 
 
-def test_success_when_every_worker_succeeded(observed):
-    plan = decide(observed, previous=STARTED, pods=gang("Succeeded", "Succeeded", "Succeeded"))
+def test_success_when_every_worker_succeeded(decide):
+    plan = decide(previous=STARTED, pods=gang("Succeeded", "Succeeded", "Succeeded"))
     assert plan.status["phase"] == "Succeeded" and plan.status["completionTime"]
-    assert condition(plan.status, c.SUCCEEDED)["status"] == "True" and plan.delete == ()
+    assert condition(plan.status, conditions.SUCCEEDED)["status"] == "True" and plan.delete == ()
 
 
-def test_suspend_deletes_the_pods_with_their_grace_period(observed):
+def test_suspend_deletes_the_pods_with_their_grace_period(decide):
     plan = decide(
-        observed,
         previous=STARTED,
         pods=gang("Running", "Running", "Running"),
         run_policy=RunPolicy(suspend=True),
     )
     assert plan.status["phase"] == "Suspended" and set(plan.delete) == set(WORKERS)
     assert plan.grace_seconds is None  # the full grace period: the gang checkpoints on SIGTERM
-    assert condition(plan.status, r.SUSPENDED)["status"] == "True"
+    assert condition(plan.status, conditions.SUSPENDED)["status"] == "True"
 
 
-def test_resume_recreates_the_gang_without_counting_a_restart(observed):
+def test_resume_recreates_the_gang_without_counting_a_restart(decide):
     suspended = {"phase": "Suspended", "startTime": "2026-11-01T08:00:00Z"}
-    plan = decide(
-        observed, previous=suspended, pods=(), run_policy=RunPolicy(activeDeadlineSeconds=60)
-    )
+    plan = decide(previous=suspended, pods=(), run_policy=RunPolicy(activeDeadlineSeconds=60))
     assert plan.create == WORKERS and plan.status.get("restarts", 0) == 0
     assert plan.status["startTime"] == "2026-11-01T12:00:00Z"  # the deadline counts from here
-    assert condition(plan.status, r.SUSPENDED)["reason"] == r.RESUMED
+    assert condition(plan.status, conditions.SUSPENDED)["reason"] == conditions.RESUMED
 
 
-def test_deadline(observed):
+def test_deadline(decide):
     plan = decide(
-        observed,
         previous=STARTED,
         pods=gang("Running", "Running", "Running"),
         run_policy=RunPolicy(activeDeadlineSeconds=3600),
     )
     assert plan.status["phase"] == "Failed" and set(plan.delete) == set(WORKERS)
     assert (
-        condition(plan.status, c.FAILED)["message"]
+        condition(plan.status, conditions.FAILED)["message"]
         == "ran longer than runPolicy.activeDeadlineSeconds (3600 s)"
     )
 
 
 @pytest.mark.parametrize(("ttl", "cleanup"), [(None, False), (7200, False), (3600, True)])
-def test_finished_runs_are_final_and_expire(observed, ttl, cleanup):
+def test_finished_runs_are_final_and_expire(decide, ttl, cleanup):
     done = {"phase": "Succeeded", "completionTime": "2026-11-01T11:00:00Z"}
     plan = decide(
-        observed,
         previous=done,
         pods=gang("Succeeded", "Succeeded", "Succeeded"),
         run_policy=RunPolicy(ttlSecondsAfterFinished=ttl),
@@ -200,7 +216,7 @@ def test_finished_runs_are_final_and_expire(observed, ttl, cleanup):
     assert plan.status == {**done, "observedGeneration": 1}
 
 
-def test_progress_goes_into_status(observed):
+def test_progress_goes_into_status(decide):
     events = (
         {
             "event": "step",
@@ -211,12 +227,179 @@ def test_progress_goes_into_status(observed):
             "tokensPerSecond": 9.0,
         },
     )
-    plan = decide(
-        observed, previous=STARTED, pods=gang("Running", "Running", "Running"), events=events
-    )
+    plan = decide(previous=STARTED, pods=gang("Running", "Running", "Running"), events=events)
     assert (plan.status["step"], plan.status["progress"], plan.status["loss"]) == (7, "7/20", 3.5)
 
 
-def test_the_same_observation_gives_the_same_plan(observed):
+def test_the_same_observation_gives_the_same_plan(decide):
     fields = dict(previous=STARTED, pods=(worker(0), worker(1, "Failed", **OOM), worker(2)))
-    assert decide(observed, **fields) == decide(observed, **fields)
+    assert decide(**fields) == decide(**fields)
+
+
+# ----- the gang's pods -----
+
+
+class Children(NamedTuple):
+    config_map: dict
+    service: dict
+    pods: list
+
+
+@pytest.fixture
+def render(rendering):
+    """The gang of a training resource whose Dataset is built, for attempt `attempt`."""
+
+    def make(job, attempt=0, traceparent=None, **where):
+        r = rendering(job, {"spec.datasetRef": DATASET_URI}, traceparent=traceparent, **where)
+        (config_map, service), pods = GANG.children(r, attempt)
+        return Children(config_map, service, pods)
+
+    return make
+
+
+def command_of(pod):
+    return pod["spec"]["containers"][0]["command"]
+
+
+def test_config_map_holds_the_config_as_json(render, resource):
+    gang = render(resource())
+    assert gang.config_map["metadata"]["name"] == "tiny-config"
+    config = json.loads(gang.config_map["data"]["config.json"])
+    assert config["datasetUri"] == "s3://bucket/team-a/dataset/corpus"
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_one_pod_per_node_with_deterministic_names(render, resource, nodes):
+    gang = render(resource(resources={"nodes": nodes}), attempt=2)
+    assert [p["metadata"]["name"] for p in gang.pods] == [f"tiny-worker-{i}" for i in range(nodes)]
+    for index, pod in enumerate(gang.pods):
+        labels = pod["metadata"]["labels"]
+        assert labels[names.INDEX] == str(index) and labels[names.ATTEMPT] == "2"
+        assert labels[names.ROLE] == "worker" and labels[names.KIND] == "PretrainJob"
+        assert pod["spec"]["hostname"] == f"tiny-worker-{index}"
+        assert pod["spec"]["subdomain"] == "tiny-workers"
+        assert pod["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_torchrun_rendezvous_at_worker_zero(render, resource, index):
+    command = command_of(render(resource()).pods[index])
+    assert command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert "--nnodes=3" in command and "--nproc-per-node=2" in command
+    assert f"--node-rank={index}" in command
+    assert "--master-addr=tiny-worker-0.tiny-workers.team-a.svc" in command
+    assert "--master-port=29500" in command and "--max-restarts=0" in command
+    assert command[-4:] == ["-m", "lmforge.jobs.train", "--config", "/etc/lmforge/config.json"]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "grace", "timeout"),
+    [(None, 300, 285), ({"spec": {"terminationGracePeriodSeconds": 900}}, 900, 885)],
+)
+def test_grace_period_leaves_time_for_a_checkpoint(render, resource, overlay, grace, timeout):
+    job = resource(resources={"nodes": 1, "podTemplate": overlay} if overlay else {"nodes": 1})
+    pod = render(job).pods[0]
+    assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+    assert f"--shutdown-timeout={timeout}" in command_of(pod)
+
+
+def test_headless_service_selects_the_workers(render, resource):
+    gang = render(resource())
+    spec = gang.service["spec"]
+    assert gang.service["metadata"]["name"] == "tiny-workers"
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is True
+    assert spec["ports"][0]["port"] == 29500
+    for pod in gang.pods:
+        assert spec["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_every_child_is_controlled_by_the_resource(render, resource):
+    gang = render(resource())
+    for child in [gang.config_map, gang.service, *gang.pods]:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == "uid-tiny" and ref["controller"] is True
+        assert child["metadata"]["namespace"] == "team-a"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [
+        (0, {"cpu": "4", "memory": "8Gi"}),
+        (2, {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}),
+    ],
+)
+def test_resources_are_requests_and_limits(render, resource, gpus, expected):
+    job = resource(
+        resources={"nodes": 1, "processesPerNode": 1, "gpus": gpus, "cpu": "4", "memory": "8Gi"}
+    )
+    pod = render(job).pods[0]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {"requests": expected, "limits": expected}
+    shm = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
+    assert bool(shm) == bool(gpus)
+
+
+def test_credentials_only_by_secret_reference(render, resource):
+    gang = render(resource())
+    container = gang.pods[0]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert not any("AWS" in e["name"] for e in container["env"])
+
+
+def test_no_secret_no_env_from(render, resource):
+    job = resource(storage={"uri": "file:///shared"})
+    gang = render(job, defaults=Defaults())
+    assert "envFrom" not in gang.pods[0]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    "traceparent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+)
+def test_traceparent_passed_when_given(render, resource, traceparent):
+    env = render(resource(), traceparent=traceparent).pods[0]["spec"]["containers"][0]["env"]
+    values = {e["name"]: e["value"] for e in env}
+    assert values.get("TRACEPARENT") == traceparent
+
+
+def test_placement_and_image(render, resource):
+    job = resource(
+        resources={
+            "nodes": 1,
+            "image": "my/trainer:1",
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        }
+    )
+    spec = render(job).pods[0]["spec"]
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert spec["containers"][0]["image"] == "my/trainer:1"
+
+
+def test_default_image(render, resource):
+    spec = render(resource()).pods[0]["spec"]
+    assert spec["containers"][0]["image"] == "registry.local/lmforge-trainer:test"
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "ok"),
+    [
+        ("a" * 54, 1, True),
+        ("a" * 55, 1, False),
+        ("a" * 53, 11, True),
+        ("a" * 54, 11, False),
+        ("9lives", 1, False),
+    ],
+)
+def test_names_that_cannot_be_hostnames_are_refused(resource, owner, name, nodes, ok):
+    job = resource(resources={"nodes": nodes})
+    if ok:
+        GANG.check(owner(name=name), job)
+        return
+    with pytest.raises(SpecError) as error:
+        GANG.check(owner(name=name), job)
+    assert error.value.field == "metadata.name"

@@ -2,8 +2,7 @@
 
 import pytest
 
-from lmforge.operator.api import conditions as c
-from lmforge.operator.api import conditions as r
+from lmforge.operator.api import conditions
 from lmforge.operator.render.observe import failure, lost, observe
 
 TORCHRUN_CONFIG_ERROR = """error: model.contextLength (128) is shorter than the dataset's sequences
@@ -52,24 +51,24 @@ def test_labels_and_state():
         (pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed"}), None, None, None),
         (
             pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}),
-            r.OOM_KILLED,
+            conditions.OOM_KILLED,
             True,
             "raise spec.resources.memory",
         ),
-        (pod("Failed", reason="Evicted"), r.EVICTED, True, "evicted"),
+        (pod("Failed", reason="Evicted"), conditions.EVICTED, True, "evicted"),
         (
             pod(
                 "Failed",
                 terminated={"exitCode": 1, "reason": "Error"},
                 conditions=[{"type": "DisruptionTarget", "status": "True"}],
             ),
-            r.PREEMPTED,
+            conditions.PREEMPTED,
             True,
             "preempted",
         ),
         (
             pod("Failed", terminated={"exitCode": 143, "reason": "Error"}),
-            r.PREEMPTED,
+            conditions.PREEMPTED,
             True,
             "SIGTERM",
         ),
@@ -78,13 +77,13 @@ def test_labels_and_state():
                 "Failed",
                 terminated={"exitCode": 1, "reason": "Error", "message": TORCHRUN_CONFIG_ERROR},
             ),
-            r.CONFIG_ERROR,
+            conditions.CONFIG_ERROR,
             False,
             "model.contextLength (128) is shorter",
         ),
         (
             pod("Failed", terminated={"exitCode": 2, "reason": "Error"}),
-            r.CONFIG_ERROR,
+            conditions.CONFIG_ERROR,
             False,
             "configuration error",
         ),
@@ -92,11 +91,11 @@ def test_labels_and_state():
             pod(
                 "Failed", terminated={"exitCode": 1, "reason": "Error", "message": "error: boom\n"}
             ),
-            c.JOB_FAILED,
+            conditions.JOB_FAILED,
             True,
             "exited with 1: boom",
         ),
-        (pod("Unknown"), r.WORKER_LOST, True, "stopped reporting"),
+        (pod("Unknown"), conditions.WORKER_LOST, True, "stopped reporting"),
     ],
 )
 def test_failure_classification(observed, reason, retryable, words):
@@ -110,7 +109,7 @@ def test_failure_classification(observed, reason, retryable, words):
 
 def test_lost():
     assert lost("tiny-worker-2") == (
-        r.WORKER_LOST,
+        conditions.WORKER_LOST,
         "tiny-worker-2 disappeared (deleted or its node was lost)",
         True,
     )

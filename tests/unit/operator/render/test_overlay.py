@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from lmforge.operator.render.names import RenderError
 from lmforge.operator.render.overlay import merge_pod_template
+from lmforge.operator.stages.base import SpecError
 
 BASE = {
     "metadata": {"name": "p", "labels": {"lmforge.dev/role": "worker"}},
@@ -97,5 +97,5 @@ def test_no_overlay_is_the_pod_itself():
 
 
 def test_not_a_pod_template_names_the_field():
-    with pytest.raises(RenderError, match=r"^spec\.resources\.podTemplate: .*\['containers'\]"):
+    with pytest.raises(SpecError, match=r"^spec\.resources\.podTemplate: .*\['containers'\]"):
         merge_pod_template(BASE, {"containers": []})

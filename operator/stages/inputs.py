@@ -1,22 +1,17 @@
-"""What a resource's references resolve to: ready outputs, or what it waits for, or what failed."""
+"""What a resource's references resolve to: ready outputs, or what it waits for, or what failed.
+Both backends read the referenced resources as API objects (the operator from the API server,
+`lmforge run` from its state folder) and decide the same way."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..api import conditions as c
-from ..api.references import Reference, references
-from ..api.resource import Resource
-
-READY_PHASES = {
-    "Dataset": "Succeeded",
-    "PretrainJob": "Succeeded",
-    "FineTune": "Succeeded",
-    "RewardModel": "Succeeded",
-    "Evaluation": "Succeeded",
-    "Deployment": "Available",
-}
+from lmforge.operator.api import KINDS
+from lmforge.operator.api.base import Reference
+from lmforge.operator.api.common import Artifact
+from lmforge.operator.api.conditions import FAILED
+from lmforge.operator.api.resource import Resource
 
 
 class Dependencies(NamedTuple):
@@ -24,8 +19,8 @@ class Dependencies(NamedTuple):
     """One message per reference that is not ready yet, naming the field."""
     failed: list[str]
     """One message per reference that failed (or whose output is unusable)."""
-    outputs: dict[str, dict[str, Any]]
-    """field (spec.datasetRef, spec.tasks[0].datasetRef, ...) -> the referenced output artifact."""
+    outputs: dict[str, Artifact]
+    """field (spec.datasetRef, spec.tasks[0].datasetRef, ...) -> the referenced output."""
 
     @property
     def ready(self) -> bool:
@@ -34,13 +29,13 @@ class Dependencies(NamedTuple):
 
 def _failure_message(status: dict[str, Any]) -> str:
     for condition in status.get("conditions", []):
-        if condition.get("type") == c.FAILED and condition.get("status") == "True":
+        if condition.get("type") == FAILED and condition.get("status") == "True":
             return condition.get("message") or condition.get("reason", "")
     return ""
 
 
-def _check(ref: Reference, obj: dict[str, Any] | None) -> tuple[str, str | dict[str, Any]]:
-    """("wait" | "fail", message) or ("ready", output artifact)."""
+def _check(ref: Reference, obj: dict[str, Any] | None) -> tuple[str, str | Artifact]:
+    """("wait" | "fail", message) or ("ready", output)."""
     what = f"{ref.field}: {ref.kind}/{ref.name}"
     if obj is None:
         return "wait", f"{what} does not exist yet"
@@ -49,22 +44,22 @@ def _check(ref: Reference, obj: dict[str, Any] | None) -> tuple[str, str | dict[
     if phase == "Failed":
         reason = _failure_message(status)
         return "fail", f"{what} failed" + (f": {reason}" if reason else "")
-    if phase != READY_PHASES[ref.kind]:
+    if phase != KINDS[ref.kind].ready_phase:
         return "wait", f"{what} is {phase or 'not started'}"
     outputs = (status.get("lineage") or {}).get("outputs") or []
     outputs = [o for o in outputs if ref.output in (None, o.get("kind"))]
     if not outputs:
         wanted = f"no {ref.output} output" if ref.output else "no output"
         return "fail", f"{what} is {phase} but records {wanted} in status.lineage.outputs"
-    return "ready", outputs[0]
+    return "ready", Artifact.model_validate(outputs[0])
 
 
 def resolve(
     resource: Resource, found: Mapping[tuple[str, str], dict[str, Any] | None]
 ) -> Dependencies:
-    """`found` maps (kind, name) of every reference to the object read from the API (or None)."""
+    """`found` maps (kind, name) of every reference to the object as read (or None)."""
     deps = Dependencies([], [], {})
-    for ref in references(resource):
+    for ref in resource.references():
         state, value = _check(ref, found.get((ref.kind, ref.name)))
         if state == "wait":
             deps.waiting.append(value)

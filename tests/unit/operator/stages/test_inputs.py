@@ -2,7 +2,8 @@
 
 import pytest
 
-from lmforge.operator.render.inputs import resolve
+from lmforge.operator.api.common import Artifact
+from lmforge.operator.stages.inputs import resolve
 
 EVALUATION = """
 apiVersion: lmforge.dev/v1alpha1
@@ -61,7 +62,7 @@ DONE = {
             {("Dataset", "corpus"): DONE},
             [],
             [],
-            {"spec.datasetRef": {"uri": "s3://d", "digest": "x"}},
+            {"spec.datasetRef": Artifact(uri="s3://d", digest="x")},
         ),
     ],
 )

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from lmforge.jobs.model import Transformer
-from lmforge.jobs.sizing import layer_parameter_count, parameter_count, training_flops_per_token
 from lmforge.operator.api.architecture import PRESETS, Architecture
+from lmforge.operator.api.sizing import (
+    layer_parameter_count,
+    parameter_count,
+    training_flops_per_token,
+)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -53,6 +57,6 @@ def test_shorter_sequences_change_only_the_attention_term():
 
 
 def test_sizing_imports_no_torch():
-    code = "import sys, lmforge.jobs.sizing; print('torch' in sys.modules)"
+    code = "import sys, lmforge.operator.api.sizing; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lmforge.jobs.train.config import ConfigError, TrainConfig
 from lmforge.jobs.train.schedule import lr_multiplier
 from lmforge.jobs.train.trainer import _peak_flops
+from lmforge.operator.api.jobs import ConfigError, TrainConfig
 from lmforge.operator.api.training import Schedule
 
 

@@ -1,4 +1,5 @@
-"""Resources, owners and defaults for the renderer tests: plain values, no cluster."""
+"""Resources, owners, defaults and observations for the stage and renderer tests: plain values,
+no cluster."""
 
 import datetime
 
@@ -6,11 +7,13 @@ import pytest
 import yaml
 
 from lmforge.operator.api import parse
-from lmforge.operator.api.common import RunPolicy
-from lmforge.operator.render.inputs import Dependencies
+from lmforge.operator.api.common import Artifact, RunPolicy, TrainingStatus
 from lmforge.operator.render.names import Owner
-from lmforge.operator.render.pods import Defaults
+from lmforge.operator.render.pods import Defaults, Rendering
 from lmforge.operator.render.status import Observed
+from lmforge.operator.stages import STAGES
+from lmforge.operator.stages.base import storage
+from lmforge.operator.stages.inputs import Dependencies
 
 PRETRAIN = """
 apiVersion: lmforge.dev/v1alpha1
@@ -53,12 +56,32 @@ def defaults() -> Defaults:
 
 
 @pytest.fixture
-def observed():
-    """An Observed with everything ready unless overridden."""
+def rendering(owner, defaults):
+    """What the operator renders a resource from: its description, given the outputs of its
+    references (field -> URI, or an Artifact)."""
 
-    def make(**fields) -> Observed:
+    def make(resource, outputs=None, defaults=defaults, traceparent=None) -> Rendering:
+        stage = STAGES[resource.kind]
+        store = storage(resource.spec.storage, defaults.store)
+        found = {
+            field: out if isinstance(out, Artifact) else Artifact(uri=out)
+            for field, out in (outputs or {}).items()
+        }
+        described = stage.describe(resource, found, store)
+        who = owner(resource.kind, resource.metadata.name)
+        return Rendering(who, resource, stage.role, described, defaults, store, traceparent)
+
+    return make
+
+
+@pytest.fixture
+def observed():
+    """An Observed with everything ready unless overridden; `previous` given as the API's dict
+    and read with `status` (the kind's Status model)."""
+
+    def make(status=TrainingStatus, previous=None, **fields) -> Observed:
         values = dict(
-            previous={},
+            previous=status.model_validate(previous or {}),
             generation=1,
             run_policy=RunPolicy(),
             dependencies=Dependencies([], [], {}),

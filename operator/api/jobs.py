@@ -1,8 +1,9 @@
-"""The training job's config: torch-free, written as JSON by the operator and the local runner.
+"""What each job reads: its config, torch-free, written as JSON by the operator (a ConfigMap) and
+by `lmforge run` (a file), from the stage's description (operator/stages).
 
-`TrainConfig.plan()` checks it against what only the running job knows (the world size torchrun
-gave it, the dataset's sequence length and vocabulary) before any compute, and names the field
-to change when something does not fit.
+`TrainConfig.plan()` checks the training config against what only the running job knows (the
+world size torchrun gave it, the dataset's sequence length and vocabulary) before any compute,
+and names the field to change when something does not fit.
 """
 
 from __future__ import annotations
@@ -10,16 +11,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import Model
+from lmforge.operator.api.dataset import DatasetSpec
+from lmforge.operator.api.deployment import Limits, RateLimit, Safety
+from lmforge.operator.api.evaluation import Task, Threshold
 from lmforge.operator.api.finetune import Lora, Rl
 from lmforge.operator.api.training import Training
 
 
 class ConfigError(ValueError):
     """The configuration cannot run; the message names the field and what to do."""
+
+
+class DataConfig(Model):
+    """The Dataset job's: the spec, with the storage the backend resolved."""
+
+    name: str
+    spec: DatasetSpec
+    output_uri: str
+    """Where shards, manifest.json and audit.json go."""
 
 
 class TrainConfig(Model):
@@ -60,8 +73,6 @@ class TrainConfig(Model):
     nodes: int = 1
     processes_per_node: int = 1
     endpoint_url: str | None = None
-    progress_path: str | None = None
-    """A local JSON-lines file of progress events; stdout only when unset."""
 
     def plan(self, world_size: int, sequence_length: int, vocab_size: int) -> Plan:
         t = self.training
@@ -132,3 +143,56 @@ class Plan:
     accumulation: int
     """Micro-batches per optimizer step on each rank."""
     sequence_length: int
+
+
+class EvalConfig(Model):
+    name: str
+    model_uri: str
+    """The model to evaluate: a Hugging Face Llama directory (what training exports)."""
+    tasks: list[Task]
+    task_uris: dict[str, str] = Field(default_factory=dict)
+    """Task name -> the output URI of what it references: the Dataset of a perplexity task, the
+    RewardModel of a reward task."""
+    thresholds: list[Threshold] = Field(default_factory=list)
+    results_uri: str
+    """Where the job writes results.json (every figure, per-example details, samples)."""
+    endpoint_url: str | None = None
+    samples: list[str] = Field(default_factory=lambda: ["def ", "class ", "import "])
+    """Prompts to sample continuations from, for the report."""
+
+
+class ServeConfig(Model):
+    model_uri: str
+    """A Hugging Face Llama directory (what training exports), local or on object storage."""
+    served_model_name: str
+    """The `model` clients ask for."""
+    endpoint_url: str | None = None
+    slots: int = Field(default=16, ge=1, le=4096)
+    """Sequences decoded together at most (the KV cache's rows); more requests wait in a queue."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    runtime: Literal["native", "onnx"] = "native"
+    """native: PyTorch; onnx: the model exported to an ONNX graph (with past keys and values),
+    run by onnxruntime (fp32)."""
+    quantization: Literal["none", "int8"] = "none"
+    """int8: dynamic quantization of every linear layer (int8 weights, activations quantized per
+    batch at run time; fbgemm/onednn kernels on CPU)."""
+    api_keys_dir: str | None = None
+    """A folder with one file per API key (a mounted Secret): file name = key name, content =
+    the key. `<name>.models` (comma-separated) restricts a key to those models. None: open."""
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    limits: Limits = Field(default_factory=Limits)
+    safety: Safety = Field(default_factory=Safety)
+    feedback_uri: str | None = None
+    """Where POST /v1/feedback appends preference rows; None turns the route off."""
+    log_prompts: bool = False
+    audit_log: str | None = None
+    """A file for the audit log (JSON lines); stderr when unset."""
+
+    @model_validator(mode="after")
+    def _onnx_is_fp32(self) -> ServeConfig:
+        if self.runtime == "onnx" and (self.quantization != "none" or self.dtype != "fp32"):
+            raise ValueError(
+                "runtime onnx runs the fp32 graph: set quantization none (int8 is the native"
+                " runtime's) and dtype fp32"
+            )
+        return self

@@ -1,0 +1,181 @@
+"""PretrainJob, FineTune and RewardModel: the trainer (jobs/train) under torchrun, one rank per
+process, reporting its steps, validations and checkpoints as it goes."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from lmforge.operator.api.common import Artifact, Checkpoint, Lineage, TrainingStatus, timestamp
+from lmforge.operator.api.events import CHECKPOINT, RESUME, START, STEP, VALIDATION
+from lmforge.operator.api.finetune import FineTune
+from lmforge.operator.api.jobs import TrainConfig
+from lmforge.operator.api.pretrainjob import PretrainJob
+from lmforge.operator.api.rewardmodel import RewardModel
+from lmforge.operator.stages.base import Description, Inputs, SpecError, Stage, Store, artifact
+
+MODULE = "lmforge.jobs.train"
+
+READS = {
+    "sft": ("spec.data",),
+    "dpo": ("spec.preferences", "spec.dpo.reference"),
+    "grpo": ("spec.prompts", "spec.rewardModelRef"),
+    "reward": ("spec.preferences",),
+}
+"""What each method reads besides spec.baseModel, by spec field."""
+
+
+class TrainingStage(Stage):
+    role = "worker"
+
+    def progress(self, status: TrainingStatus, events: list[dict[str, Any]]) -> None:
+        """The training figures the events report, later events winning."""
+        for event in events:
+            kind = event.get("event")
+            if kind == STEP:
+                _position(status, event["step"], event.get("totalSteps"))
+                for field in ("loss", "tokens", "tokensPerSecond"):
+                    if event.get(field) is not None:
+                        setattr(status, FIELDS[field], event[field])
+            elif kind == VALIDATION and event.get("loss") is not None:
+                _validation(status, event)
+            elif kind in (START, RESUME):
+                _position(status, event.get("step", 0), event.get("totalSteps"))
+            elif kind == CHECKPOINT:
+                _checkpoint(status, event)
+
+    def _describe(self, job, reads: dict[str, Artifact], config: TrainConfig) -> Description:
+        lineage = Lineage(
+            inputs=list(reads.values()), outputs=[Artifact(uri=config.output_uri, kind="Model")]
+        )
+        resources = job.spec.resources
+        return Description(config, lineage, MODULE, (resources.nodes, resources.processes_per_node))
+
+
+FIELDS = {"loss": "loss", "tokens": "tokens", "tokensPerSecond": "tokens_per_second"}
+
+
+def _position(status: TrainingStatus, step: int, total: int | None) -> None:
+    status.step = step
+    if total is not None:
+        status.total_steps = total
+    if status.total_steps:
+        status.progress = f"{step}/{status.total_steps}"
+
+
+def _validation(status: TrainingStatus, event: dict[str, Any]) -> None:
+    status.validation_loss = event["loss"]
+    for field in ("accuracy", "reward"):  # reward models and DPO; GRPO
+        if event.get(field) is not None and field in type(status).model_fields:
+            setattr(status, field, event[field])
+    if event.get("referenceMargin") is not None:  # DPO: the margin over the reference's
+        status.margin = round(event["margin"] - event["referenceMargin"], 6)
+
+
+def _checkpoint(status: TrainingStatus, event: dict[str, Any]) -> None:
+    time = event.get("time")
+    moment = datetime.datetime.fromtimestamp(time, datetime.UTC) if time else None
+    status.last_checkpoint = Checkpoint(
+        step=event["step"], uri=event["uri"], time=timestamp(moment) if moment else None
+    )
+    lineage = status.lineage
+    status.lineage = (
+        lineage.model_copy(update={"parent_checkpoint": event["uri"]})
+        if lineage
+        else (Lineage(parent_checkpoint=event["uri"]))
+    )
+
+
+def _run(job: PretrainJob | FineTune | RewardModel, store: Store) -> dict[str, Any]:
+    """What every training config has: name, schedule, outputs and the gang's shape."""
+    spec, folder = job.spec, job.artifact_uri(store.uri)
+    return {
+        "name": job.metadata.name,
+        "training": spec.training,
+        "output_uri": f"{folder}/model",
+        "checkpoint_uri": spec.training.checkpoint.uri or f"{folder}/checkpoints",
+        "nodes": spec.resources.nodes,
+        "processes_per_node": spec.resources.processes_per_node,
+        "endpoint_url": store.endpoint_url,
+    }
+
+
+class PretrainStage(TrainingStage):
+    kind = "PretrainJob"
+
+    def describe(self, job: PretrainJob, inputs: Inputs, store: Store) -> Description:
+        dataset = artifact(inputs, "spec.datasetRef", "Dataset", job.spec.dataset_ref.name)
+        config = TrainConfig(
+            architecture=job.spec.model, dataset_uri=dataset.uri, **_run(job, store)
+        )
+        return self._describe(job, {"spec.datasetRef": dataset}, config)
+
+
+class FineTuneStage(TrainingStage):
+    """FineTune (sft, dpo, grpo; full or LoRA) and RewardModel: the trainer from a base model."""
+
+    kind = "FineTune"
+
+    def describe(self, job: FineTune | RewardModel, inputs: Inputs, store: Store) -> Description:
+        reads = _reads(job, inputs)
+        spec = job.spec
+        method = _method(job)
+        if method == "reward":
+            fields = {"ranking_loss": spec.loss}
+        elif method == "sft":
+            fields = {"examples_uri": reads["spec.data"].uri,
+                      "validation_fraction": spec.data.validation_fraction}  # fmt: skip
+        elif method == "dpo":
+            reference = reads.get("spec.dpo.reference")
+            fields = {"beta": spec.dpo.beta, "reference_uri": reference.uri if reference else None}
+        else:
+            fields = {
+                "prompts_uri": reads["spec.prompts"].uri,
+                "reward_model_uri": reads["spec.rewardModelRef"].uri,
+                "rl": spec.rl,
+                "validation_fraction": spec.prompts.validation_fraction,
+            }
+        if method in ("reward", "dpo"):
+            fields |= {"preferences_uri": reads["spec.preferences"].uri,
+                       "validation_fraction": spec.preferences.validation_fraction}  # fmt: skip
+        config = TrainConfig(
+            method=method,
+            base_model_uri=reads["spec.baseModel"].uri,
+            lora=getattr(spec, "lora", None),
+            **fields,
+            **_run(job, store),
+        )
+        return self._describe(job, reads, config)
+
+
+class RewardModelStage(FineTuneStage):
+    kind = "RewardModel"
+
+
+def _method(job: FineTune | RewardModel) -> str:
+    if job.kind == "RewardModel":
+        return "reward"
+    if job.spec.method == "ppo":
+        raise SpecError(
+            "spec.method",
+            "ppo is not available in this version: use grpo (a group of replies per prompt takes"
+            " the place of PPO's value model)",
+        )
+    return job.spec.method
+
+
+def _reads(job: FineTune | RewardModel, inputs: Inputs) -> dict[str, Artifact]:
+    """What the run reads, by spec field (spec.baseModel, spec.data, spec.preferences, ...): the
+    output of each reference, and each URI the spec gives."""
+    found = {}
+    for ref in job.references():
+        where = ref.field.rsplit(".", 1)[0] if ref.field.count(".") > 1 else ref.field
+        found[where] = artifact(inputs, ref.field, ref.kind, ref.name)
+    spec = job.spec
+    sources = {"spec.baseModel": spec.base_model, "spec.preferences": spec.preferences}
+    if job.kind == "FineTune":
+        sources |= {"spec.data": spec.data, "spec.dpo.reference": spec.dpo.reference,
+                    "spec.prompts": spec.prompts}  # fmt: skip
+    found |= {f: Artifact(uri=s.uri) for f, s in sources.items() if s is not None and s.uri}
+    used = ("spec.baseModel", *READS[_method(job)])
+    return {f: a for f, a in found.items() if f in used}
