@@ -84,7 +84,7 @@ def trainer(out: Path, arch: dict, dataset: str, steps: int, batch: int, length:
     """The real trainer in its own process; returns its progress events."""
     run = out / f"trainer-{checkpoint_every}"
     config = {
-        "name": "bench", "architecture": arch, "datasetUri": dataset,
+        "name": "bench", "method": "pretrain", "architecture": arch, "datasetUri": dataset,
         "checkpointUri": (run / "checkpoints").as_uri(), "outputUri": (run / "model").as_uri(),
         "training": {"steps": steps, "globalBatchTokens": batch * (length + 1), "microBatch": batch,
                      "optimizer": {"lr": lr}, "schedule": {"warmupSteps": 10},

@@ -11,7 +11,8 @@ from lmforge.operator.api import events
 from lmforge.operator.api.events import Exit
 from lmforge.operator.api.jobs import DataConfig
 
-STAGES = {"process": "files read, cleaned, filtered", "tokenize": "tokenize, pack, write"}
+LABELS = {"process": "files read, cleaned, filtered", "tokenize": "tokenize, pack, write"}
+"""The pipeline's stages, as its progress events name them."""
 
 
 def summary(manifest: dict[str, Any], output_uri: str) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         config = DataConfig.model_validate_json(stream.read())
 
     def progress(stage: str, done: int, total: int) -> None:
-        events.emit(events.PROGRESS, stage=STAGES[stage], done=done, total=total)
+        events.emit(events.PROGRESS, stage=LABELS[stage], done=done, total=total)
 
     try:
         manifest = run(config.spec, config.output_uri, on_progress=progress)

@@ -41,109 +41,129 @@ OPSET, CONTRIB = 21, "com.microsoft"
 
 def export(model: Transformer, path: str | Path) -> Path:
     """Write the model's decoder graph to `path`, its weights to `path`.data (fp32)."""
-    arch, path = model.arch, Path(path)
-    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    head_dim = arch.d_model // arch.heads
-    nodes, weights = [], []
+    graph, path = _Graph(model), Path(path)
+    h, residual = graph.embedding()
+    for i in range(model.arch.layers):
+        h, residual = graph.layer(i, h, residual)
+    graph.logits(h)
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
+    graph_model = helper.make_model(graph.build(), opset_imports=opsets)
+    data = path.with_name(f"{path.name}.data")
+    data.unlink(missing_ok=True)  # onnx refuses to overwrite it
+    save_model(graph_model, path, save_as_external_data=True, location=data.name)
+    return path
 
-    def weight(name: str, array: np.ndarray) -> str:
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+
+class _Graph:
+    """The decoder graph as it is built: its nodes, and its weights as initializers."""
+
+    def __init__(self, model: Transformer):
+        self.arch, self.model = model.arch, model
+        self.state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+        self.head_dim = self.arch.d_model // self.arch.heads
+        self.nodes, self.weights = [], []
+        self.past, self.present = [], []  # past_key_0, past_value_0, ...; present_key_0, ...
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def linear(x: str, out: str, *names: str) -> str:
+    def linear(self, x: str, out: str, *names: str) -> str:
         """x @ W.T for the nn.Linear weights `names`, concatenated along their outputs."""
-        w = weight(f"{out}.weight", np.concatenate([state[f"{n}.weight"] for n in names]).T)
-        nodes.append(helper.make_node("MatMul", [x, w], [out]))
+        joined = np.concatenate([self.state[f"{n}.weight"] for n in names]).T
+        self.nodes.append(
+            helper.make_node("MatMul", [x, self.weight(f"{out}.weight", joined)], [out])
+        )
         return out
 
-    def norm(delta: str, residual: str, gain: str, out: str) -> tuple[str, str]:
+    def norm(self, delta: str, residual: str, gain: str, out: str) -> tuple[str, str]:
         """(RMSNorm(residual + delta), residual + delta)."""
-        w = weight(gain, state[gain])
         outputs = [out, "", "", f"{out}.residual"]
-        nodes.append(
+        inputs = [delta, residual, self.weight(gain, self.state[gain])]
+        self.nodes.append(
             helper.make_node(
                 "SkipSimplifiedLayerNormalization",
-                [delta, residual, w],
+                inputs,
                 outputs,
                 domain=CONTRIB,
-                epsilon=arch.norm_eps,
+                epsilon=self.arch.norm_eps,
             )
         )
         return out, outputs[3]
 
-    embed = weight("embed", state["model.embed_tokens.weight"])
-    nodes.append(helper.make_node("Gather", [embed, "input_ids"], ["x"]))
-    cos = weight("cos", model.rope_cos[:, : head_dim // 2].numpy())
-    sin = weight("sin", model.rope_sin[:, : head_dim // 2].numpy())
-    first = "model.layers.0.input_layernorm.weight"
-    nodes.append(  # ORT's RMSNorm (in the ONNX domain despite not being an ONNX operator)
-        helper.make_node(
-            "SimplifiedLayerNormalization",
-            ["x", weight(first, state[first])],
-            ["h0"],
-            axis=-1,
-            epsilon=arch.norm_eps,
+    def embedding(self) -> tuple[str, str]:
+        """The tokens' embeddings, and the first layer's norm of them; the rotary tables."""
+        embed = self.weight("embed", self.state["model.embed_tokens.weight"])
+        self.nodes.append(helper.make_node("Gather", [embed, "input_ids"], ["x"]))
+        half = self.head_dim // 2
+        self.weight("cos", self.model.rope_cos[:, :half].numpy())
+        self.weight("sin", self.model.rope_sin[:, :half].numpy())
+        first = "model.layers.0.input_layernorm.weight"
+        self.nodes.append(  # ORT's RMSNorm (in the ONNX domain despite not being an ONNX operator)
+            helper.make_node(
+                "SimplifiedLayerNormalization",
+                ["x", self.weight(first, self.state[first])],
+                ["h0"],
+                axis=-1,
+                epsilon=self.arch.norm_eps,
+            )
         )
-    )
-    h, residual = "h0", "x"
-    past, present = [], []  # past_key_0, past_value_0, ...; present_key_0, ...
-    for i in range(arch.layers):
-        p = f"model.layers.{i}"
-        qkv = linear(h, f"qkv{i}", *(f"{p}.self_attn.{n}_proj" for n in "qkv"))
-        past += [f"past_key_{i}", f"past_value_{i}"]
-        present += [f"present_key_{i}", f"present_value_{i}"]
-        nodes.append(
+        return "h0", "x"
+
+    def layer(self, i: int, h: str, residual: str) -> tuple[str, str]:
+        """Layer i: attention over the cache, then the SwiGLU MLP, each with its residual; its
+        output already normed for the next layer (or the head)."""
+        p, arch = f"model.layers.{i}", self.arch
+        qkv = self.linear(h, f"qkv{i}", *(f"{p}.self_attn.{n}_proj" for n in "qkv"))
+        self.past += [f"past_key_{i}", f"past_value_{i}"]
+        self.present += [f"present_key_{i}", f"present_value_{i}"]
+        self.nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [qkv, "", "", *past[-2:], "seqlens_k", "total_sequence_length", cos, sin],
-                [f"attn{i}", *present[-2:]],
+                [qkv, "", "", *self.past[-2:], "seqlens_k", "total_sequence_length", "cos", "sin"],
+                [f"attn{i}", *self.present[-2:]],
                 domain=CONTRIB,
                 num_heads=arch.heads,
                 kv_num_heads=arch.kv_heads,
                 do_rotary=1,
             )
         )
-        attn = linear(f"attn{i}", f"o{i}", f"{p}.self_attn.o_proj")
-        h, residual = norm(attn, residual, f"{p}.post_attention_layernorm.weight", f"m{i}")
-        gate_up = linear(h, f"gate_up{i}", f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj")
+        attn = self.linear(f"attn{i}", f"o{i}", f"{p}.self_attn.o_proj")
+        h, residual = self.norm(attn, residual, f"{p}.post_attention_layernorm.weight", f"m{i}")
+        gate_up = self.linear(h, f"gate_up{i}", f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj")
         gate, up = f"gate{i}", f"up{i}"
-        nodes += [
+        self.nodes += [
             helper.make_node("Split", [gate_up], [gate, up], axis=-1, num_outputs=2),
             helper.make_node("Sigmoid", [gate], [f"{gate}.sigmoid"]),
             helper.make_node("Mul", [gate, f"{gate}.sigmoid"], [f"{gate}.silu"]),
             helper.make_node("Mul", [f"{gate}.silu", up], [f"swiglu{i}"]),
         ]
-        down = linear(f"swiglu{i}", f"down{i}", f"{p}.mlp.down_proj")
+        down = self.linear(f"swiglu{i}", f"down{i}", f"{p}.mlp.down_proj")
         last = i == arch.layers - 1
         gain = "model.norm.weight" if last else f"model.layers.{i + 1}.input_layernorm.weight"
-        h, residual = norm(down, residual, gain, f"h{i + 1}")
-    ends = [weight(n, np.array([v], np.int64)) for n, v in (("-1", -1), ("end", 2**62), ("1", 1))]
-    nodes.append(helper.make_node("Slice", [h, *ends], ["h.last"]))  # each row's last token
-    linear("h.last", "logits", "lm_head")
+        return self.norm(down, residual, gain, f"h{i + 1}")
 
-    cache_shape = ["batch", arch.kv_heads, "context", head_dim]
-    tensor = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes,
-        "lmforge-decoder",
-        [
+    def logits(self, h: str) -> None:
+        """The head over each row's last token."""
+        ends = [("-1", -1), ("end", 2**62), ("1", 1)]
+        ends = [self.weight(n, np.array([v], np.int64)) for n, v in ends]
+        self.nodes.append(helper.make_node("Slice", [h, *ends], ["h.last"]))
+        self.linear("h.last", "logits", "lm_head")
+
+    def build(self):
+        cache_shape = ["batch", self.arch.kv_heads, "context", self.head_dim]
+        tensor = helper.make_tensor_value_info
+        inputs = [
             tensor("input_ids", TensorProto.INT64, ["batch", "seq"]),
             tensor("seqlens_k", TensorProto.INT32, ["batch"]),
             tensor("total_sequence_length", TensorProto.INT32, []),
-            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in past),
-        ],
-        [
-            tensor("logits", TensorProto.FLOAT, ["batch", 1, arch.vocab_size]),
-            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in present),
-        ],
-        weights,
-    )
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
-    graph_model = helper.make_model(graph, opset_imports=opsets)
-    data = path.with_name(f"{path.name}.data")
-    data.unlink(missing_ok=True)  # onnx refuses to overwrite it
-    save_model(graph_model, path, save_as_external_data=True, location=data.name)
-    return path
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in self.past),
+        ]
+        outputs = [
+            tensor("logits", TensorProto.FLOAT, ["batch", 1, self.arch.vocab_size]),
+            *(tensor(n, TensorProto.FLOAT, cache_shape) for n in self.present),
+        ]
+        return helper.make_graph(self.nodes, "lmforge-decoder", inputs, outputs, self.weights)
 
 
 class OnnxModel(nn.Module):

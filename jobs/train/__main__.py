@@ -14,7 +14,7 @@ import torch.distributed as dist
 from lmforge.jobs.train.trainer import Trainer
 from lmforge.operator.api import events
 from lmforge.operator.api.events import Exit
-from lmforge.operator.api.jobs import ConfigError, TrainConfig
+from lmforge.operator.api.jobs import ConfigError, read_train_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(args.config) as stream:
-        config = TrainConfig.model_validate_json(stream.read())
+        config = read_train_config(stream.read())
     if "RANK" not in os.environ:  # run directly, not under torchrun: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -2,7 +2,8 @@
 
 A checkpoint holds the model and optimizer (torch.distributed.checkpoint, sharded the way the
 model is), and one small file per rank with what differs per rank: the data position and every
-RNG state, plus the LR schedule. It counts only once rank 0 has written its COMMITTED marker,
+RNG state, plus the LR schedule. Both are given as Stateful parts (state_dict, load_state_dict),
+which save and load themselves. It counts only once rank 0 has written its COMMITTED marker,
 last and atomically, with each file's size and sha256. On start every rank loads the newest
 committed checkpoint whose files still match their digests, falling back to the previous one
 (with a warning) if a file is missing or corrupt. Directories without a marker are debris of an
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from fsspec.implementations.local import LocalFileSystem
+from torch.distributed.checkpoint.stateful import Stateful
 
 from lmforge.jobs.storage import filesystem, join, options, write_atomic
 
@@ -61,26 +63,25 @@ class Checkpointer:
                 steps[int(match[1])] = self.fs.exists(join(entry, COMMITTED))
         return steps
 
-    def save(self, step: int, state: dict[str, Any], rank_state: dict[str, Any], meta: dict):
-        """Collective: every rank calls it. With async_save the commit happens at the next save
-        or at wait(); until then the previous checkpoint is the newest committed one."""
+    def save(self, step: int, state: Stateful, rank_state: dict[str, Stateful], meta: dict):
+        """Collective: every rank calls it. `state` is sharded over the ranks, `rank_state`
+        saved by each rank whole. With async_save the commit happens at the next save or at
+        wait(); until then the previous checkpoint is the newest committed one."""
         self.wait()
         path = join(self.root, f"step-{step}")
         if self.rank == 0 and self.fs.exists(path):  # debris of an interrupted save of this step
             self.fs.rm(path, recursive=True)
         dist.barrier()
         buffer = io.BytesIO()
-        torch.save(rank_state, buffer)
+        torch.save({name: part.state_dict() for name, part in rank_state.items()}, buffer)
         write_atomic(self.fs, join(path, f"rank-{self.rank}.pt"), buffer.getvalue())
         writer = _writer(self.fs, path, self.endpoint_url)
+        sharded = state.state_dict()
         if self.async_save:
-            self._pending = (
-                step,
-                dcp.async_save(state, storage_writer=writer, process_group=self._group),
-                meta,
-            )
+            saving = dcp.async_save(sharded, storage_writer=writer, process_group=self._group)
+            self._pending = (step, saving, meta)
         else:
-            dcp.save(state, storage_writer=writer)
+            dcp.save(sharded, storage_writer=writer)
             self._commit(step, meta)
 
     def wait(self) -> None:
@@ -113,10 +114,11 @@ class Checkpointer:
             if step not in keep:
                 self.fs.rm(join(self.root, f"step-{step}"), recursive=True)
 
-    def load(self, state: dict[str, Any], meta: dict) -> tuple[int, dict] | None:
-        """Collective. Loads the newest good checkpoint into `state` in place; returns its step
-        and this rank's own state, or None to start fresh. Raises ValueError when the newest
-        checkpoint was written for another configuration (meta), naming what differs."""
+    def load(self, state: Stateful, rank_state: dict[str, Stateful], meta: dict) -> int | None:
+        """Collective. Loads the newest good checkpoint into `state` and `rank_state`; returns
+        its step, or None to start fresh. Raises ValueError when the newest checkpoint was
+        written for another configuration (meta), naming what differs."""
+        sharded = state.state_dict()  # the tensors dcp.load fills in place
         for step in reversed(self.committed()):
             marker = json.loads(self.fs.cat_file(join(self.root, f"step-{step}", COMMITTED)))
             differ = {k: (marker.get(k), v) for k, v in meta.items() if marker.get(k) != v}
@@ -125,16 +127,19 @@ class Checkpointer:
             try:
                 self._verify(step, marker)
                 reader = _reader(self.fs, join(self.root, f"step-{step}"), self.endpoint_url)
-                dcp.load(state, storage_reader=reader)
+                dcp.load(sharded, storage_reader=reader)
                 data = self.fs.cat_file(join(self.root, f"step-{step}", f"rank-{self.rank}.pt"))
-                rank_state = torch.load(io.BytesIO(data), weights_only=False)
+                saved = torch.load(io.BytesIO(data), weights_only=False)
                 failed = torch.zeros(1)
             except Exception as error:  # a missing or corrupt file; agreed on below
                 log.warning("checkpoint %s is unusable (%s)", self.step_uri(step), error)
                 failed = torch.ones(1)
             dist.all_reduce(failed)
             if not failed.item():
-                return step, rank_state
+                state.load_state_dict(sharded)
+                for name, part in rank_state.items():
+                    part.load_state_dict(saved[name])
+                return step
             log.warning("falling back to the previous committed checkpoint")
             if self.rank == 0:  # no longer counts as committed; removed at the next commit
                 marker_path = join(self.root, f"step-{step}", COMMITTED)

@@ -1,17 +1,18 @@
 """What each job reads: its config, torch-free, written as JSON by the operator (a ConfigMap) and
 by `lmforge run` (a file), from the stage's description (operator/stages).
 
-`TrainConfig.plan()` checks the training config against what only the running job knows (the
-world size torchrun gave it, the dataset's sequence length and vocabulary) before any compute,
-and names the field to change when something does not fit.
+A training config is of the class its `method` names (`read_train_config`);
+`TrainConfig.resolve()` checks it against what only the running job knows (the world size
+torchrun gave it, the sequence length and vocabulary of its data) before any compute, and names
+the field to change when something does not fit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import Model
@@ -36,35 +37,10 @@ class DataConfig(Model):
 
 
 class TrainConfig(Model):
+    """What every training run has, whatever its method (the subclasses below)."""
+
     name: str
-    method: Literal["pretrain", "sft", "reward", "dpo", "grpo"] = "pretrain"
-    """pretrain: next token on a Dataset; sft: on examples' replies; reward: a scoring head on
-    ranked preferences; dpo: the policy on ranked preferences against a frozen reference; grpo:
-    the policy on its own replies to prompts, scored by a reward model."""
-    architecture: Architecture | None = None
-    """The model to build; unset when fine-tuning (the base model's is used)."""
     training: Training
-    dataset_uri: str | None = None
-    """Pretraining: the Dataset's output (manifest.json and shards)."""
-    base_model_uri: str | None = None
-    """Fine-tuning: the model to start from, a Hugging Face Llama directory with its tokenizer."""
-    examples_uri: str | None = None
-    """Fine-tuning (SFT): jsonl examples (jobs/finetune/data.py)."""
-    preferences_uri: str | None = None
-    """reward and dpo: ranked responses (jobs/finetune/preferences.py), a file or a folder."""
-    validation_fraction: float = 0.05
-    """Of the examples or preferences, held out for validation."""
-    ranking_loss: Literal["bradleyTerry", "plackettLuce"] = "bradleyTerry"
-    """reward: over every ordered pair of a ranking, or the whole ranking."""
-    beta: float = 0.1
-    """dpo: the strength of the implicit KL constraint to the reference."""
-    reference_uri: str | None = None
-    """dpo: the frozen reference model; the base model when unset."""
-    prompts_uri: str | None = None
-    """grpo: jsonl rows {"prompt"} or {"messages"} to reply to."""
-    reward_model_uri: str | None = None
-    """grpo: the reward model that scores replies (a RewardModel's output)."""
-    rl: Rl = Rl()
     lora: Lora | None = None
     """Train LoRA adapters (merged into the exported model) instead of every weight."""
     checkpoint_uri: str
@@ -74,50 +50,27 @@ class TrainConfig(Model):
     processes_per_node: int = 1
     endpoint_url: str | None = None
 
-    def plan(self, world_size: int, sequence_length: int, vocab_size: int) -> Plan:
+    data_field: ClassVar[str]
+    """The spec field the run's data comes from, for the errors that name it."""
+
+    def resolve(
+        self, architecture: Architecture, world_size: int, sequence_length: int, vocab_size: int
+    ) -> Resolved:
+        """The run's shape on this world, or a ConfigError naming the field that does not fit."""
         t = self.training
-        fields = {"pretrain": "datasetUri", "sft": "examplesUri", "grpo": "promptsUri"}
-        field = fields.get(self.method, "preferencesUri")
-        given = {
-            "datasetUri": self.dataset_uri,
-            "examplesUri": self.examples_uri,
-            "preferencesUri": self.preferences_uri,
-            "promptsUri": self.prompts_uri,
-        }
-        if given[field] is None or sum(uri is not None for uri in given.values()) != 1:
-            raise ConfigError(f"method {self.method} reads {field}, and no other data")
-        if self.method == "grpo":
-            if self.reward_model_uri is None:
-                raise ConfigError("method grpo needs spec.rewardModelRef")
-            if t.parallelism.strategy == "fsdp":
-                raise ConfigError(
-                    "method grpo: training.parallelism.strategy fsdp is not supported yet; use ddp"
-                )
-        if self.method != "pretrain" and self.base_model_uri is None:
-            raise ConfigError("fine-tuning needs spec.baseModel")
-        if self.lora and t.parallelism.strategy == "fsdp":
-            raise ConfigError(
-                "lora: not supported with training.parallelism.strategy fsdp yet; "
-                "use ddp (the adapters are small)"
-            )
         if world_size != self.nodes * self.processes_per_node:
             raise ConfigError(
                 f"world size {world_size} does not match resources.nodes ({self.nodes}) x"
                 f" resources.processesPerNode ({self.processes_per_node})"
             )
+        if self.lora and t.parallelism.strategy == "fsdp":
+            raise ConfigError(
+                "lora: not supported with training.parallelism.strategy fsdp yet; "
+                "use ddp (the adapters are small)"
+            )
         if t.precision == "fp16" and t.parallelism.strategy == "fsdp":
             raise ConfigError("training.precision: fp16 is not supported with fsdp; use bf16")
-        if self.architecture is None:
-            raise ConfigError("model: no architecture (and no base model to take it from)")
-        try:
-            arch = self.architecture.resolved(vocab_size=vocab_size)
-        except (ValueError, ValidationError) as error:
-            raise ConfigError(f"model: {error}") from error
-        if arch.context_length < sequence_length - 1:
-            raise ConfigError(
-                f"model.contextLength ({arch.context_length}) is shorter than the dataset's"
-                f" sequences ({sequence_length} tokens, {sequence_length - 1} as input): raise it"
-            )
+        arch = _shape(architecture, sequence_length, vocab_size)
         if t.global_batch_tokens % sequence_length:
             raise ConfigError(
                 f"training.globalBatchTokens ({t.global_batch_tokens}) must be a multiple of the"
@@ -133,16 +86,111 @@ class TrainConfig(Model):
         steps = t.steps or t.tokens // t.global_batch_tokens
         if steps < 1:
             raise ConfigError(f"training.tokens ({t.tokens}) is less than one step's batch")
-        return Plan(arch, steps, sequences // per_micro_step, sequence_length)
+        return Resolved(arch, steps, sequences // per_micro_step, sequence_length)
+
+
+def _shape(architecture: Architecture, sequence_length: int, vocab_size: int) -> Architecture:
+    try:
+        arch = architecture.resolved(vocab_size=vocab_size)
+    except (ValueError, ValidationError) as error:
+        raise ConfigError(f"model: {error}") from error
+    if arch.context_length < sequence_length - 1:
+        raise ConfigError(
+            f"model.contextLength ({arch.context_length}) is shorter than the dataset's"
+            f" sequences ({sequence_length} tokens, {sequence_length - 1} as input): raise it"
+        )
+    return arch
 
 
 @dataclass(frozen=True)
-class Plan:
+class Resolved:
+    """A training config on the world it runs in."""
+
     architecture: Architecture
     steps: int
     accumulation: int
     """Micro-batches per optimizer step on each rank."""
     sequence_length: int
+
+
+class PretrainConfig(TrainConfig):
+    """Next-token prediction on a Dataset's packed sequences, from random weights."""
+
+    method: Literal["pretrain"] = "pretrain"
+    architecture: Architecture
+    """The model to build."""
+    dataset_uri: str
+    """The Dataset's output (manifest.json and shards)."""
+
+    data_field: ClassVar = "spec.datasetRef"
+
+
+class FineTuneConfig(TrainConfig):
+    """Training that starts from a model and reads rows held in memory."""
+
+    base_model_uri: str
+    """The model to start from, a Hugging Face Llama directory with its tokenizer."""
+    validation_fraction: float = 0.05
+    """Of the rows, held out for validation."""
+
+
+class SftConfig(FineTuneConfig):
+    """Next-token prediction on the replies of chat examples."""
+
+    method: Literal["sft"] = "sft"
+    examples_uri: str
+    """jsonl examples (jobs/finetune/data.py)."""
+
+    data_field: ClassVar = "spec.data"
+
+
+class RewardConfig(FineTuneConfig):
+    """A scoring head on ranked preferences."""
+
+    method: Literal["reward"] = "reward"
+    preferences_uri: str
+    """Ranked responses (jobs/finetune/preferences.py), a file or a folder."""
+    ranking_loss: Literal["bradleyTerry", "plackettLuce"] = "bradleyTerry"
+    """Over every ordered pair of a ranking, or the whole ranking."""
+
+    data_field: ClassVar = "spec.preferences"
+
+
+class DpoConfig(FineTuneConfig):
+    """The policy on ranked preferences against a frozen reference."""
+
+    method: Literal["dpo"] = "dpo"
+    preferences_uri: str
+    beta: float = 0.1
+    """The strength of the implicit KL constraint to the reference."""
+    reference_uri: str | None = None
+    """The frozen reference model; the base model when unset."""
+
+    data_field: ClassVar = "spec.preferences"
+
+
+class GrpoConfig(FineTuneConfig):
+    """The policy on its own replies to prompts, scored by a reward model."""
+
+    method: Literal["grpo"] = "grpo"
+    prompts_uri: str
+    """jsonl rows {"prompt"} or {"messages"} to reply to."""
+    reward_model_uri: str
+    """The reward model that scores replies (a RewardModel's output)."""
+    rl: Rl = Rl()
+
+    data_field: ClassVar = "spec.prompts"
+
+
+AnyTrainConfig = Annotated[
+    PretrainConfig | SftConfig | RewardConfig | DpoConfig | GrpoConfig,
+    Field(discriminator="method"),
+]
+"""The trainer's config, of the class its `method` names."""
+
+
+def read_train_config(text: str) -> TrainConfig:
+    return TypeAdapter(AnyTrainConfig).validate_json(text)
 
 
 class EvalConfig(Model):

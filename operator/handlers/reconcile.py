@@ -28,7 +28,7 @@ from lmforge.operator.api.resource import Resource
 from lmforge.operator.handlers import telemetry
 from lmforge.operator.handlers.settings import SETTINGS
 from lmforge.operator.kube import Kube, OwnershipError
-from lmforge.operator.render import WORKLOADS
+from lmforge.operator.render import RENDERERS, Renderer
 from lmforge.operator.render.names import TRACEPARENT_ANNOTATION, Owner, selector
 from lmforge.operator.render.observe import PodState, observe
 from lmforge.operator.render.pods import Rendering
@@ -134,12 +134,12 @@ def status_of(obj: dict[str, Any]) -> Status:
 
 
 def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None) -> None:
-    stage, workload = STAGES[kind], WORKLOADS[kind]
+    stage, renderer = STAGES[kind], RENDERERS[kind]
     owner = Owner.of(obj)
     try:
         resource = parse(obj)
         store = storage(resource.spec.storage, SETTINGS.defaults.store)
-        workload.check(owner, resource)
+        renderer.check(owner, resource)
     except SpecError as error:
         record_invalid(api, obj, error)
         return
@@ -153,7 +153,7 @@ def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None)
             record_invalid(api, obj, error)
             return
     pods = tuple(observe(p) for p in api.list("Pod", owner.namespace, selector(owner)))
-    source = workload.reporter(pods, previous, stage) if previous.phase not in TERMINAL else None
+    source = renderer.reporter(pods, previous, stage) if previous.phase not in TERMINAL else None
     observed = Observed(
         previous=previous,
         generation=obj["metadata"].get("generation", 1),
@@ -167,8 +167,8 @@ def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None)
     rendering = description and Rendering(
         owner, resource, stage.role, description, SETTINGS.defaults, store, traceparent
     )
-    decision = workload.decide(observed, owner, resource, stage)
-    _apply(api, obj, owner, rendering, workload, decision)
+    decision = renderer.decide(observed, owner, resource, stage)
+    _apply(api, obj, owner, rendering, renderer, decision)
 
 
 def _lineage(description: Description | None, resource: Resource) -> Lineage | None:
@@ -242,7 +242,7 @@ def _apply(
     obj: dict[str, Any],
     owner: Owner,
     rendering: Rendering | None,
-    workload: Any,
+    renderer: Renderer,
     decision: Decision,
 ) -> None:
     # Status first: it records the decision (a restart's new attempt), so a crash before the
@@ -255,17 +255,17 @@ def _apply(
     for name in decision.delete:
         api.delete("Pod", owner.namespace, name, decision.grace_seconds)
     if decision.create:
-        _create(api, rendering, workload, decision)
+        _create(api, rendering, renderer, decision)
     if decision.cleanup and api.delete_children(owner.namespace, selector(owner)):
         message = "runPolicy.ttlSecondsAfterFinished has passed: child objects deleted"
         kopf.event(obj, type="Normal", reason="CleanedUp", message=message)
 
 
-def _create(api: Kube, rendering: Rendering | None, workload: Any, decision: Decision) -> None:
+def _create(api: Kube, rendering: Rendering | None, renderer: Renderer, decision: Decision) -> None:
     if rendering is None:
         log.info("not creating %s: references unresolved", ", ".join(decision.create))
         return
-    lasting, pods = workload.children(rendering, decision.attempt)
+    lasting, pods = renderer.children(rendering, decision.attempt)
     for child in lasting:  # the config follows the spec at every (re)start of the pods
         api.ensure(child, update_data=True)
     for pod in pods:

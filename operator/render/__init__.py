@@ -3,8 +3,8 @@ next status and what to do out.
 
 Nothing here does I/O, imports kopf or a Kubernetes client, or reads the clock: the handlers pass
 `now` in. Every function is tested on plain objects, table-driven, without a cluster.
-`WORKLOADS` says how the operator runs each kind that runs a job (a Deployment's server is
-render/deployment.py).
+`RENDERERS` says how the operator runs each kind that runs a job: the shape of its pods and the
+decision for them (a Deployment's server is render/deployment.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from lmforge.operator.render.status import Decision, Observed
 from lmforge.operator.stages.base import Stage
 
 
-class Workload(Protocol):
+class Renderer(Protocol):
+    """How the pods of one shape (a gang, one job pod per attempt) are rendered and decided."""
+
     def check(self, owner: Owner, resource: Any) -> None:
         """SpecError when a child's name would be invalid."""
 
@@ -37,7 +39,7 @@ class Workload(Protocol):
     def decide(self, o: Observed, owner: Owner, resource: Any, stage: Stage) -> Decision: ...
 
 
-WORKLOADS: dict[str, Workload] = {
+RENDERERS: dict[str, Renderer] = {
     "Dataset": DATASET,
     "PretrainJob": GANG,
     "FineTune": GANG,

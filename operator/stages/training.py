@@ -4,25 +4,25 @@ process, reporting its steps, validations and checkpoints as it goes."""
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from lmforge.operator.api.common import Artifact, Checkpoint, Lineage, TrainingStatus, timestamp
 from lmforge.operator.api.events import CHECKPOINT, RESUME, START, STEP, VALIDATION
 from lmforge.operator.api.finetune import FineTune
-from lmforge.operator.api.jobs import TrainConfig
+from lmforge.operator.api.jobs import (
+    DpoConfig,
+    GrpoConfig,
+    PretrainConfig,
+    RewardConfig,
+    SftConfig,
+    TrainConfig,
+)
 from lmforge.operator.api.pretrainjob import PretrainJob
 from lmforge.operator.api.rewardmodel import RewardModel
 from lmforge.operator.stages.base import Description, Inputs, SpecError, Stage, Store, artifact
 
 MODULE = "lmforge.jobs.train"
-
-READS = {
-    "sft": ("spec.data",),
-    "dpo": ("spec.preferences", "spec.dpo.reference"),
-    "grpo": ("spec.prompts", "spec.rewardModelRef"),
-    "reward": ("spec.preferences",),
-}
-"""What each method reads besides spec.baseModel, by spec field."""
 
 
 class TrainingStage(Stage):
@@ -73,17 +73,13 @@ def _validation(status: TrainingStatus, event: dict[str, Any]) -> None:
 
 
 def _checkpoint(status: TrainingStatus, event: dict[str, Any]) -> None:
-    time = event.get("time")
-    moment = datetime.datetime.fromtimestamp(time, datetime.UTC) if time else None
+    seconds = event.get("time")
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC) if seconds else None
     status.last_checkpoint = Checkpoint(
         step=event["step"], uri=event["uri"], time=timestamp(moment) if moment else None
     )
-    lineage = status.lineage
-    status.lineage = (
-        lineage.model_copy(update={"parent_checkpoint": event["uri"]})
-        if lineage
-        else (Lineage(parent_checkpoint=event["uri"]))
-    )
+    lineage = status.lineage or Lineage()
+    status.lineage = lineage.model_copy(update={"parent_checkpoint": event["uri"]})
 
 
 def _run(job: PretrainJob | FineTune | RewardModel, store: Store) -> dict[str, Any]:
@@ -105,7 +101,7 @@ class PretrainStage(TrainingStage):
 
     def describe(self, job: PretrainJob, inputs: Inputs, store: Store) -> Description:
         dataset = artifact(inputs, "spec.datasetRef", "Dataset", job.spec.dataset_ref.name)
-        config = TrainConfig(
+        config = PretrainConfig(
             architecture=job.spec.model, dataset_uri=dataset.uri, **_run(job, store)
         )
         return self._describe(job, {"spec.datasetRef": dataset}, config)
@@ -117,35 +113,61 @@ class FineTuneStage(TrainingStage):
     kind = "FineTune"
 
     def describe(self, job: FineTune | RewardModel, inputs: Inputs, store: Store) -> Description:
-        reads = _reads(job, inputs)
-        spec = job.spec
-        method = _method(job)
-        if method == "reward":
-            fields = {"ranking_loss": spec.loss}
-        elif method == "sft":
-            fields = {"examples_uri": reads["spec.data"].uri,
-                      "validation_fraction": spec.data.validation_fraction}  # fmt: skip
-        elif method == "dpo":
-            reference = reads.get("spec.dpo.reference")
-            fields = {"beta": spec.dpo.beta, "reference_uri": reference.uri if reference else None}
-        else:
-            fields = {
-                "prompts_uri": reads["spec.prompts"].uri,
-                "reward_model_uri": reads["spec.rewardModelRef"].uri,
-                "rl": spec.rl,
-                "validation_fraction": spec.prompts.validation_fraction,
-            }
-        if method in ("reward", "dpo"):
-            fields |= {"preferences_uri": reads["spec.preferences"].uri,
-                       "validation_fraction": spec.preferences.validation_fraction}  # fmt: skip
-        config = TrainConfig(
-            method=method,
-            base_model_uri=reads["spec.baseModel"].uri,
-            lora=getattr(spec, "lora", None),
-            **fields,
+        reads, method = _reads(job, inputs), _method(job)
+        common = {
+            "base_model_uri": reads["spec.baseModel"].uri,
+            "lora": getattr(job.spec, "lora", None),
             **_run(job, store),
-        )
-        return self._describe(job, reads, config)
+        }
+        return self._describe(job, reads, METHODS[method].config(job.spec, reads, common))
+
+
+def _sft(spec, reads: dict[str, Artifact], common: dict[str, Any]) -> SftConfig:
+    fraction = spec.data.validation_fraction
+    return SftConfig(examples_uri=reads["spec.data"].uri, validation_fraction=fraction, **common)
+
+
+def _reward(spec, reads: dict[str, Artifact], common: dict[str, Any]) -> RewardConfig:
+    preferences, fraction = reads["spec.preferences"].uri, spec.preferences.validation_fraction
+    return RewardConfig(preferences_uri=preferences, validation_fraction=fraction,
+                        ranking_loss=spec.loss, **common)  # fmt: skip
+
+
+def _dpo(spec, reads: dict[str, Artifact], common: dict[str, Any]) -> DpoConfig:
+    reference = reads.get("spec.dpo.reference")
+    return DpoConfig(
+        preferences_uri=reads["spec.preferences"].uri,
+        validation_fraction=spec.preferences.validation_fraction,
+        beta=spec.dpo.beta,
+        reference_uri=reference.uri if reference else None,
+        **common,
+    )
+
+
+def _grpo(spec, reads: dict[str, Artifact], common: dict[str, Any]) -> GrpoConfig:
+    return GrpoConfig(
+        prompts_uri=reads["spec.prompts"].uri,
+        reward_model_uri=reads["spec.rewardModelRef"].uri,
+        rl=spec.rl,
+        validation_fraction=spec.prompts.validation_fraction,
+        **common,
+    )
+
+
+class Method(NamedTuple):
+    reads: tuple[str, ...]
+    """What the method reads besides spec.baseModel, by spec field."""
+    config: Callable[[Any, dict[str, Artifact], dict[str, Any]], TrainConfig]
+    """(spec, what it reads, the fields every run has) -> the trainer's config."""
+
+
+METHODS = {
+    "sft": Method(("spec.data",), _sft),
+    "reward": Method(("spec.preferences",), _reward),
+    "dpo": Method(("spec.preferences", "spec.dpo.reference"), _dpo),
+    "grpo": Method(("spec.prompts", "spec.rewardModelRef"), _grpo),
+}
+"""The one map from a FineTune's method (or a RewardModel) to what it reads and runs."""
 
 
 class RewardModelStage(FineTuneStage):
@@ -177,5 +199,5 @@ def _reads(job: FineTune | RewardModel, inputs: Inputs) -> dict[str, Artifact]:
         sources |= {"spec.data": spec.data, "spec.dpo.reference": spec.dpo.reference,
                     "spec.prompts": spec.prompts}  # fmt: skip
     found |= {f: Artifact(uri=s.uri) for f, s in sources.items() if s is not None and s.uri}
-    used = ("spec.baseModel", *READS[_method(job)])
+    used = ("spec.baseModel", *METHODS[_method(job)].reads)
     return {f: a for f, a in found.items() if f in used}

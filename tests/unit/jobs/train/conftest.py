@@ -1,6 +1,5 @@
-"""A small dataset built once, and a launcher that runs the trainer under a real torchrun."""
+"""A launcher that runs the trainer under a real torchrun, and what it printed."""
 
-import itertools
 import json
 import os
 import random
@@ -11,42 +10,18 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
-import torch
-from tokenizers import Tokenizer
 
-from lmforge.jobs import hf
-from lmforge.jobs.data import pipeline
-from lmforge.jobs.finetune import data
-from lmforge.jobs.finetune.functions import functions
-from lmforge.jobs.model import Transformer
-from lmforge.operator.api.architecture import Architecture
-from lmforge.operator.api.dataset import DatasetSpec
 from lmforge.operator.api.events import parse
 
-SEQUENCE = 33
-CONTEXT = 128
-"""Of the fine-tuning base model."""
+from ..conftest import BASE_CONTEXT, SEQUENCE
 
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> str:
-    spec = DatasetSpec.model_validate({
-        "sources": [{"uri": "stdlib://json/*.py"}, {"uri": "stdlib://email/*.py"}],
-        "filters": {"quality": {"enabled": False}},
-        "tokenizer": {"train": {"vocabSize": 512}},
-        "packing": {"sequenceLength": SEQUENCE},
-        "split": {"validationFraction": 0.1},
-        "engine": {"workers": 1},
-    })  # fmt: skip
-    uri = (tmp_path_factory.mktemp("dataset") / "out").as_uri()
-    pipeline.run(spec, uri)
-    return uri
+CONTEXT = BASE_CONTEXT
 
 
 def config(tmp: Path, dataset: str, strategy: str = "ddp", **training) -> dict:
     return {
         "name": "test",
+        "method": "pretrain",
         "architecture": {"layers": 2, "dModel": 64, "heads": 4, "kvHeads": 2, "contextLength": 32},
         "training": {"steps": 10, "globalBatchTokens": SEQUENCE * 16, "microBatch": 4,
                      "schedule": {"warmupSteps": 2}, "optimizer": {"lr": 0.003},
@@ -94,26 +69,6 @@ def train(
     return subprocess.CompletedProcess(
         command, process.returncode, "", (tmp / "stderr.log").read_text()
     )
-
-
-@pytest.fixture(scope="session")
-def base(dataset, tmp_path_factory):
-    """A random tiny model with the test dataset's tokenizer, exported; and SFT examples that fit."""
-    out = tmp_path_factory.mktemp("base")
-    folder = dataset.removeprefix("file://")
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    tokenizer_path = f"{folder}/{manifest['tokenizer']['path']}"
-    tokenizer = Tokenizer.from_file(tokenizer_path)
-    torch.manual_seed(1)
-    arch = Architecture.model_validate({"layers": 2, "dModel": 64, "heads": 4, "kvHeads": 2,
-                                        "contextLength": CONTEXT,
-                                        "vocabSize": tokenizer.get_vocab_size()})  # fmt: skip
-    hf.export(Transformer(arch), arch, out / "model", tokenizer_json_path=tokenizer_path)
-    fits = (r for r in functions(max_lines=4)
-            if len(data.tokens(data.read_row(r), tokenizer)[0]) <= CONTEXT)  # fmt: skip
-    rows = list(itertools.islice(fits, 48))
-    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out, tokenizer
 
 
 def killed_and_resumed_equals_straight(tmp: Path, config) -> None:

@@ -1,26 +1,90 @@
-"""Bad configurations fail before any compute, naming the field to change."""
+"""The jobs' configs: a training config is of its method's class, and a bad one fails before
+any compute, naming the field to change."""
+
+import json
 
 import pytest
-import torch
+from pydantic import ValidationError
 
-from lmforge.jobs.train.schedule import lr_multiplier
-from lmforge.jobs.train.trainer import _peak_flops
-from lmforge.operator.api.jobs import ConfigError, TrainConfig
-from lmforge.operator.api.training import Schedule
+from lmforge.operator.api.jobs import (
+    ConfigError,
+    DpoConfig,
+    PretrainConfig,
+    SftConfig,
+    read_train_config,
+)
+
+COMMON = {
+    "name": "t",
+    "checkpointUri": "file:///c",
+    "outputUri": "file:///o",
+    "processesPerNode": 2,
+}
 
 
-def make(**training) -> TrainConfig:
-    return TrainConfig.model_validate({
-        "name": "t", "datasetUri": "file:///d", "checkpointUri": "file:///c", "outputUri": "file:///o",
-        "architecture": {"preset": "tiny", "contextLength": 128}, "processesPerNode": 2,
+def make(**training) -> PretrainConfig:
+    return PretrainConfig.model_validate({
+        **COMMON, "datasetUri": "file:///d", "architecture": {"preset": "tiny", "contextLength": 128},
         "training": {"steps": 10, "globalBatchTokens": 4096, "microBatch": 4, **training},
     })  # fmt: skip
 
 
+def resolve(config, world, length, vocab):
+    return config.resolve(config.architecture, world, length, vocab)
+
+
 def test_a_good_plan():
-    plan = make().plan(world_size=2, sequence_length=128, vocab_size=1000)
-    assert (plan.steps, plan.accumulation, plan.architecture.vocab_size) == (10, 4, 1000)
-    assert make(steps=None, tokens=40960).plan(2, 128, 1000).steps == 10
+    resolved = resolve(make(), world=2, length=128, vocab=1000)
+    assert (resolved.steps, resolved.accumulation, resolved.architecture.vocab_size) == (
+        10,
+        4,
+        1000,
+    )
+    assert resolve(make(steps=None, tokens=40960), 2, 128, 1000).steps == 10
+
+
+def written(**fields) -> str:
+    """A training config as the backends write it."""
+    return json.dumps({**COMMON, "training": {"steps": 1}, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        (
+            {"method": "pretrain", "datasetUri": "file:///d", "architecture": {"preset": "tiny"}},
+            PretrainConfig,
+        ),
+        ({"method": "sft", "baseModelUri": "file:///m", "examplesUri": "file:///e"}, SftConfig),
+        (
+            {
+                "method": "dpo",
+                "baseModelUri": "file:///m",
+                "preferencesUri": "file:///p",
+                "beta": 0.2,
+            },
+            DpoConfig,
+        ),
+    ],
+)
+def test_a_config_is_of_its_methods_class(fields, kind):
+    config = read_train_config(written(**fields))
+    assert type(config) is kind and config.data_field.startswith("spec.")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "sft", "baseModelUri": "file:///m"},  # no examples to read
+        {"method": "sft", "baseModelUri": "file:///m", "examplesUri": "e", "preferencesUri": "p"},
+        {"method": "grpo", "baseModelUri": "file:///m", "promptsUri": "file:///p"},  # no scorer
+        {"method": "ppo", "baseModelUri": "file:///m"},
+        {"datasetUri": "file:///d", "architecture": {"preset": "tiny"}},  # no method
+    ],
+)
+def test_a_config_holds_what_its_method_reads_and_nothing_else(fields):
+    with pytest.raises(ValidationError):
+        read_train_config(written(**fields))
 
 
 # fmt: off
@@ -38,7 +102,7 @@ BAD = [
 @pytest.mark.parametrize(("training", "world", "length", "vocab", "message"), BAD)
 def test_bad_configuration_names_the_field(training, world, length, vocab, message):
     with pytest.raises(ConfigError) as raised:
-        make(**training).plan(world, length, vocab)
+        resolve(make(**training), world, length, vocab)
     assert message in str(raised.value)
 
 
@@ -48,33 +112,4 @@ def test_vocabulary_smaller_than_the_tokenizer():
         update={"architecture": config.architecture.model_copy(update={"vocab_size": 300})}
     )
     with pytest.raises(ConfigError, match="vocabSize 300 is smaller than the tokenizer's 1000"):
-        config.plan(2, 128, 1000)
-
-
-@pytest.mark.parametrize(
-    ("kind", "step", "expected"),
-    [
-        ("cosine", 0, 0.1),
-        ("cosine", 9, 1.0),
-        ("cosine", 10, 1.0),
-        ("cosine", 55, 0.55),
-        ("cosine", 100, 0.1),
-        ("linear", 55, 0.55),
-        ("linear", 100, 0.1),
-        ("constant", 80, 1.0),
-    ],
-)
-def test_warmup_then_decay_to_the_floor(kind, step, expected):
-    schedule = Schedule(type=kind, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_multiplier(step, 100, schedule) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(("device_name", "peak"), [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
-    ("NVIDIA A100-SXM4-40GB", 312e12), ("Tesla T4", None),
-])  # fmt: skip
-def test_mfu_peak_comes_from_the_plan_gpu_table(monkeypatch, device_name, peak):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: device_name)
-    assert _peak_flops(torch.device("cuda")) == peak
-    monkeypatch.setenv("LMFORGE_PEAK_FLOPS", "1e15")
-    assert _peak_flops(torch.device("cpu")) == 1e15
+        resolve(config, 2, 128, 1000)

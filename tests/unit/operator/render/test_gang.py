@@ -231,6 +231,16 @@ def test_progress_goes_into_status(decide):
     assert (plan.status["step"], plan.status["progress"], plan.status["loss"]) == (7, "7/20", 3.5)
 
 
+def test_a_pass_leaves_what_it_observed_alone(observed, resource, owner):
+    seen = observed(previous=STARTED, pods=gang("Running", "Running", "Running"))
+    before = seen.previous.wire()
+    events = ({"event": "step", "step": 7, "totalSteps": 20, "loss": 3.5},)
+    decision = GANG.decide(
+        dataclasses.replace(seen, events=events), owner(), resource(), STAGES["PretrainJob"]
+    )
+    assert decision.status.step == 7 and seen.previous.wire() == before
+
+
 def test_the_same_observation_gives_the_same_plan(decide):
     fields = dict(previous=STARTED, pods=(worker(0), worker(1, "Failed", **OOM), worker(2)))
     assert decide(**fields) == decide(**fields)

@@ -131,8 +131,10 @@ def test_resume_recreates_the_same_attempt(decide):
 
 def test_one_pod_runs_the_job(rendering, resource):
     ev = resource(EVALUATION)
-    lasting, (pod,) = JOB.children(rendering(ev, INPUTS), 2)
+    r = rendering(ev, INPUTS)
+    lasting, (pod,) = JOB.children(r, 2)
     assert [o["metadata"]["name"] for o in lasting] == ["check-eval-config"]
+    assert lasting[0]["data"]["config.json"] == r.description.config_json()
     assert pod["metadata"]["name"] == "check-eval-2"
     command = pod["spec"]["containers"][0]["command"]
     assert command == ["python", "-m", "lmforge.jobs.eval", "--config", "/etc/lmforge/config.json"]

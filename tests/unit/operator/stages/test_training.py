@@ -8,7 +8,7 @@ import pytest
 from lmforge.operator.api.common import Artifact, TrainingStatus
 from lmforge.operator.api.events import latest, parse
 from lmforge.operator.api.finetune import FineTuneStatus
-from lmforge.operator.api.jobs import TrainConfig
+from lmforge.operator.api.jobs import PretrainConfig, read_train_config
 from lmforge.operator.stages import STAGES
 from lmforge.operator.stages.base import SpecError, Store, storage
 
@@ -58,7 +58,8 @@ def describe(job, inputs, defaults):
 
 def test_config_is_what_the_trainer_reads(resource, defaults):
     description = describe(resource(), {"spec.datasetRef": DATASET}, defaults)
-    parsed = TrainConfig.model_validate_json(description.config_json())
+    parsed = read_train_config(description.config_json())
+    assert isinstance(parsed, PretrainConfig)
     assert parsed.checkpoint_uri == "s3://bucket/team-a/pretrainjob/tiny/checkpoints"
     assert parsed.output_uri == "s3://bucket/team-a/pretrainjob/tiny/model"
     assert (parsed.nodes, parsed.processes_per_node) == (3, 2)

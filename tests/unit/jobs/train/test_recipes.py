@@ -1,5 +1,6 @@
-"""Ranked preferences on the trainer: the rows, the ranking losses, a reward model (Bradley-Terry
-or Plackett-Luce) and DPO, under torchrun with 2 processes, on the standard-library task."""
+"""Each method's recipe on the trainer, under a real torchrun: SFT (full and LoRA), reward
+models, DPO and GRPO learn what they target on held-out rows, resume exactly, and refuse before
+any compute what cannot work, naming the field."""
 
 import itertools
 import json
@@ -7,15 +8,66 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from safetensors.torch import load_file
 
 from lmforge.jobs import hf
 from lmforge.jobs.finetune import data, preferences
 from lmforge.jobs.model import Scorer, Transformer
 from lmforge.jobs.storage import jsonl
-from lmforge.jobs.train import objectives
 
 from .conftest import CONTEXT, events, killed_and_resumed_equals_straight, train
+
+
+def sft_config(tmp, base_dir, steps=30, **training) -> dict:
+    return {
+        "name": "sft",
+        "method": "sft",
+        "baseModelUri": (base_dir / "model").as_uri(),
+        "examplesUri": (base_dir / "sft.jsonl").as_uri(),
+        "validationFraction": 0.125,
+        "training": {"steps": steps, "globalBatchTokens": CONTEXT * 8, "microBatch": 2,
+                     "schedule": {"warmupSteps": 2}, "optimizer": {"lr": 0.003},
+                     "checkpoint": {"everySteps": 5, "keep": 2},
+                     "validation": {"everySteps": steps, "batches": 1}, **training},
+        "checkpointUri": (tmp / "checkpoints").as_uri(),
+        "outputUri": (tmp / "model").as_uri(),
+        "processesPerNode": 2,
+    }  # fmt: skip
+
+
+def test_sft_learns_the_responses(tmp_path, base):
+    base_dir, _ = base
+    result = train(tmp_path, sft_config(tmp_path, base_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [e["loss"] for e in events(tmp_path, "step")]
+    assert len(steps) == 30 and np.mean(steps[-5:]) < np.mean(steps[:5]) - 1.0, steps
+    (validation,) = events(tmp_path, "validation")
+    assert validation["loss"] < steps[0]
+    arch, _ = hf.load(tmp_path / "model")
+    assert arch.context_length == CONTEXT
+    assert (tmp_path / "model" / "tokenizer.json").read_bytes() == (
+        base_dir / "model" / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_lora_trains_adapters_and_exports_merged_weights(tmp_path, base):
+    base_dir, _ = base
+    cfg = sft_config(tmp_path, base_dir, steps=6)
+    cfg["lora"] = {"rank": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}
+    result = train(tmp_path, cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = (
+        load_file(base_dir / "model" / "model.safetensors"),
+        load_file(tmp_path / "model" / "model.safetensors"),
+    )
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not before[k].equal(after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+
+
+def test_sft_killed_and_resumed_equals_uninterrupted(tmp_path, base):
+    base_dir, _ = base
+    killed_and_resumed_equals_straight(tmp_path, lambda d: sft_config(d, base_dir, steps=12))
 
 
 @pytest.fixture(scope="module")
@@ -52,91 +104,6 @@ def preference_config(tmp, base_dir, data, method, steps=40, **fields) -> dict:
         "processesPerNode": 2,
         **fields,
     }  # fmt: skip
-
-
-def test_bradley_terry_and_plackett_luce_by_hand():
-    # Two rankings: three responses, and two (padded to three).
-    scores = torch.tensor([[2.0, 0.5, 1.0], [0.3, 1.3, 9.0]])
-    present = torch.tensor([[True, True, True], [True, True, False]])
-    loss, accuracy, margin = objectives.ranked_pairs(scores, present)
-    differences = [2.0 - 0.5, 2.0 - 1.0, 0.5 - 1.0, 0.3 - 1.3]
-    expected = sum(-math.log(1 / (1 + math.exp(-d))) for d in differences) / 4
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert accuracy.item() == pytest.approx(2 / 4)
-    assert margin.item() == pytest.approx(sum(differences) / 4)
-    e = math.exp
-    choices = [  # the best among all, then the next among the rest; the last is no choice
-        2.0 - math.log(e(2.0) + e(0.5) + e(1.0)),
-        0.5 - math.log(e(0.5) + e(1.0)),
-        0.3 - math.log(e(0.3) + e(1.3)),
-    ]
-    listwise = objectives.plackett_luce(scores, present)
-    assert listwise.item() == pytest.approx(-sum(choices) / 3, rel=1e-6)
-    # With two responses Plackett-Luce is Bradley-Terry.
-    two = torch.tensor([[True, True, False]] * 2)
-    bt = objectives.ranked_pairs(scores, two)[0]
-    assert objectives.plackett_luce(scores, two).item() == pytest.approx(bt.item(), rel=1e-6)
-
-
-def test_rows_hold_each_response_and_the_score_reads_its_last_token(base):
-    _, tokenizer = base
-    ranking = preferences.read_ranking(
-        "row", {"prompt": "def f(x):", "responses": ["    return x", "    pass", "    x"]}
-    )
-    short = preferences.read_ranking("row", {"prompt": "def g():", "chosen": "a", "rejected": "b"})
-    rows = preferences.encode([ranking, short], tokenizer, CONTEXT - 1)
-    assert rows.shape == (2, 3, 2, CONTEXT - 1)
-    for i, response in enumerate(ranking.responses):
-        targets = rows[0, i, 1]
-        text = tokenizer.decode(targets[targets != -100].tolist(), skip_special_tokens=False)
-        assert text == response + "<|eos|>"
-    assert (rows[1, 2, 1] == -100).all()  # the padding slot of a ranking of two
-    present = (torch.from_numpy(rows)[:, :, 1] != -100).any(-1)
-    assert present.tolist() == [[True, True, True], [True, True, False]]
-    _, targets = objectives.split(torch.from_numpy(rows))
-    last = objectives.last_target(targets)
-    for n, row in enumerate(targets):  # the position whose target is <|eos|>
-        if present.flatten()[n]:
-            assert tokenizer.id_to_token(int(row[last[n]])) == "<|eos|>"
-
-
-@pytest.mark.parametrize(
-    ("row", "message"),
-    [
-        ({"prompt": "p", "responses": ["only one"]}, "1 response; a ranking needs at least 2"),
-        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "response 2 is the same text"),
-        ({"prompt": "p", "responses": ["a", "b", "a"]}, "response 3 is the same text as resp"),
-        ({"chosen": "a", "rejected": "b"}, "prompt: a string"),
-        ({"prompt": "p", "response": "a"}, "responses \\(best first\\), or chosen and rejected"),
-        ({"prompt": "p", "responses": ["a", 3]}, "responses: a list of strings"),
-        ({"messages": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}, "role"),
-    ],
-)
-def test_bad_preference_rows_are_named(tmp_path, row, message):
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"prompt": "ok", "chosen": "a", "rejected": "b"}) + "\n")
-    with path.open("a") as out:
-        out.write(json.dumps(row) + "\n")
-    with pytest.raises(preferences.ExampleError, match=f"p.jsonl line 2: .*{message}"):
-        preferences.read(path.as_uri())
-
-
-def test_too_long_a_response_is_named(base):
-    _, tokenizer = base
-    ranking = preferences.read_ranking("f line 7", {"prompt": "p", "chosen": "a " * 300,
-                                                    "rejected": "b"})  # fmt: skip
-    with pytest.raises(preferences.ExampleError, match="f line 7: response 1 with its prompt"):
-        preferences.encode([ranking], tokenizer, CONTEXT - 1)
-
-
-def test_a_folder_of_feedback_files_is_read(tmp_path):
-    for n in range(3):
-        day = tmp_path / "preferences" / f"day{n}"
-        day.mkdir(parents=True)
-        row = {"prompt": f"p{n}", "chosen": "a", "rejected": "b", "model": "m", "id": str(n)}
-        (day / "fb.jsonl").write_text(json.dumps(row) + "\n")
-    rankings = preferences.read((tmp_path / "preferences").as_uri())
-    assert [r.context[0]["content"] for r in rankings] == ["p0", "p1", "p2"]
 
 
 @pytest.mark.parametrize("loss", ["bradleyTerry", "plackettLuce"])
@@ -191,8 +158,8 @@ def grpo_config(tmp, base_dir, prompts, reward_model, steps=60) -> dict:
     cfg["training"]["validation"] = {"everySteps": 10, "batches": 4}
     cfg["training"]["globalBatchTokens"] = CONTEXT * 4
     cfg["training"]["optimizer"] = {"lr": 0.01}
+    del cfg["preferencesUri"]  # GRPO reads prompts, and nothing else
     return cfg | {
-        "preferencesUri": None,
         "promptsUri": prompts.as_uri(),
         "rewardModelUri": reward_model.as_uri(),
         "validationFraction": 0.2,
@@ -247,13 +214,3 @@ def test_a_reference_or_reward_model_that_does_not_match_is_refused(tmp_path, ba
         result = train(tmp_path / str(n), cfg)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not events(tmp_path / str(n), "step")
-
-
-def test_grpo_scores_each_reply_at_its_last_token():
-    """With or without the <|eos|> that ended it, and when the reply fills the context."""
-    eos, length = 0, 8
-    prompts, replies = [[5, 6], [5, 6], [5]], [[7, 8, eos], [7, 8], [9] * 7]
-    scored, ends = objectives._scored(prompts, replies, eos, length)
-    assert ends.tolist() == [3, 3, 7]
-    assert [int(scored[n, e]) for n, e in enumerate(ends)] == [8, 8, 9]
-    assert scored[0].tolist() == scored[1].tolist() == [5, 6, 7, 8, 0, 0, 0, 0]

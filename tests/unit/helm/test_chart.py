@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "helm" / "lmforge"
 PLURALS = ["datasets", "pretrainjobs", "finetunes", "rewardmodels", "evaluations", "deployments"]
 
