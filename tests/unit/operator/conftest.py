@@ -27,6 +27,38 @@ spec:
   storage: {uri: "s3://bucket/team-a", secretName: s3-credentials, endpointUrl: "http://s3:9000"}
 """
 
+DATASET = """
+apiVersion: lmforge.dev/v1alpha1
+kind: Dataset
+metadata: {name: corpus, namespace: team-a}
+spec:
+  sources: [{uri: "s3://raw/*.jsonl", format: jsonl}]
+  resources: {nodes: 3}
+  storage: {uri: "s3://bucket/team-a", endpointUrl: "http://s3:9000"}
+"""
+
+EVALUATION = """
+apiVersion: lmforge.dev/v1alpha1
+kind: Evaluation
+metadata: {name: check, namespace: team-a}
+spec:
+  modelRef: {kind: PretrainJob, name: tiny}
+  tasks: [{name: ppl, type: perplexity, datasetRef: {name: corpus}}]
+  thresholds: [{metric: ppl.perplexity, max: 50}]
+  storage: {uri: "s3://bucket"}
+"""
+
+DEPLOYMENT = """
+apiVersion: lmforge.dev/v1alpha1
+kind: Deployment
+metadata: {name: chat, namespace: team-a}
+spec:
+  modelRef: {kind: FineTune, name: tuned}
+  evaluationRef: {name: gate}
+  replicas: 2
+  storage: {uri: "s3://bucket", secretName: s3-credentials}
+"""
+
 NOW = datetime.datetime(2026, 11, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
 

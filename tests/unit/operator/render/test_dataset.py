@@ -5,19 +5,11 @@ import pytest
 from lmforge.operator.render.dataset import DATASET
 from lmforge.operator.stages.base import SpecError
 
-DATASET_YAML = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Dataset
-metadata: {name: corpus, namespace: team-a}
-spec:
-  sources: [{uri: "s3://raw/*.jsonl", format: jsonl}]
-  resources: {nodes: 3}
-  storage: {uri: "s3://bucket/team-a", endpointUrl: "http://s3:9000"}
-"""
+from ..conftest import DATASET as DATASET_SPEC
 
 
 def render(resource, rendering, engine="local", attempt=0):
-    return DATASET.children(rendering(resource(DATASET_YAML, engine={"type": engine})), attempt)
+    return DATASET.children(rendering(resource(DATASET_SPEC, engine={"type": engine})), attempt)
 
 
 def test_local_engine_is_one_pod_running_the_data_job(resource, rendering):
@@ -56,8 +48,8 @@ def test_ray_engine_is_a_head_and_workers(resource, rendering):
 
 
 def test_ray_children_names_are_checked(resource, owner):
-    dataset = resource(DATASET_YAML, engine={"type": "ray"})
+    dataset = resource(DATASET_SPEC, engine={"type": "ray"})
     with pytest.raises(SpecError) as refused:
         DATASET.check(owner("Dataset", "a" * 60), dataset)
     assert refused.value.field == "metadata.name"
-    DATASET.check(owner("Dataset", "a" * 60), resource(DATASET_YAML))  # no Service, no hostname
+    DATASET.check(owner("Dataset", "a" * 60), resource(DATASET_SPEC))  # no Service, no hostname

@@ -11,18 +11,8 @@ from lmforge.operator.render import deployment as render
 from lmforge.operator.stages.deployment import model_digest
 from lmforge.operator.stages.inputs import Dependencies
 
-from ..conftest import NOW
+from ..conftest import DEPLOYMENT, NOW
 
-DEPLOYMENT = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Deployment
-metadata: {name: chat, namespace: team-a}
-spec:
-  modelRef: {kind: FineTune, name: tuned}
-  evaluationRef: {name: gate}
-  replicas: 2
-  storage: {uri: "s3://bucket", secretName: s3-credentials}
-"""
 MODEL = Artifact(uri="s3://bucket/finetune/tuned/model", digest="sha256:aaa")
 
 

@@ -13,6 +13,8 @@ from lmforge.operator.render.job import JOB
 from lmforge.operator.render.observe import PodState
 from lmforge.operator.stages.dataset import DatasetStage
 
+from ..conftest import EVALUATION
+
 RAY = """
 apiVersion: lmforge.dev/v1alpha1
 kind: Dataset
@@ -141,13 +143,4 @@ def test_one_pod_runs_the_job(rendering, resource):
     assert pod["spec"]["containers"][0]["name"] == "eval"
 
 
-EVALUATION = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Evaluation
-metadata: {name: check, namespace: team-a}
-spec:
-  modelRef: {kind: PretrainJob, name: tiny}
-  tasks: [{name: ppl, type: perplexity, datasetRef: {name: corpus}}]
-  storage: {uri: "s3://bucket"}
-"""
 INPUTS = {"spec.modelRef": "s3://m", "spec.tasks[0].datasetRef": "s3://d"}

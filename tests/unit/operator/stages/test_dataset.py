@@ -8,14 +8,7 @@ from lmforge.operator.api.jobs import DataConfig
 from lmforge.operator.stages import STAGES
 from lmforge.operator.stages.base import storage
 
-DATASET = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Dataset
-metadata: {name: corpus, namespace: team-a}
-spec:
-  sources: [{uri: "s3://raw/*.jsonl", format: jsonl}]
-  storage: {uri: "s3://bucket/team-a", endpointUrl: "http://s3:9000"}
-"""
+from ..conftest import DATASET
 
 
 def describe(dataset, defaults):

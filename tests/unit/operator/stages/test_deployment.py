@@ -7,14 +7,8 @@ from lmforge.operator.stages import STAGES
 from lmforge.operator.stages.base import SpecError, storage
 from lmforge.operator.stages.deployment import model_digest, served
 
-DEPLOYMENT = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Deployment
-metadata: {name: chat, namespace: team-a}
-spec:
-  modelRef: {kind: FineTune, name: tuned}
-  storage: {uri: "s3://bucket"}
-"""
+from ..conftest import DEPLOYMENT
+
 MODEL = Artifact(uri="s3://bucket/finetune/tuned/model", digest="sha256:aaa")
 
 

@@ -8,16 +8,7 @@ from lmforge.operator.api.jobs import EvalConfig
 from lmforge.operator.stages import STAGES
 from lmforge.operator.stages.base import storage
 
-EVALUATION = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Evaluation
-metadata: {name: check, namespace: team-a}
-spec:
-  modelRef: {kind: PretrainJob, name: tiny}
-  tasks: [{name: ppl, type: perplexity, datasetRef: {name: corpus}}]
-  thresholds: [{metric: ppl.perplexity, max: 50}]
-  storage: {uri: "s3://bucket"}
-"""
+from ..conftest import EVALUATION
 
 INPUTS = {
     "spec.modelRef": Artifact(uri="s3://m", digest="sha256:m"),

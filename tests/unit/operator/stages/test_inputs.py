@@ -5,14 +5,7 @@ import pytest
 from lmforge.operator.api.common import Artifact
 from lmforge.operator.stages.inputs import resolve
 
-EVALUATION = """
-apiVersion: lmforge.dev/v1alpha1
-kind: Evaluation
-metadata: {name: check}
-spec:
-  modelRef: {kind: PretrainJob, name: tiny}
-  tasks: [{name: ppl, type: perplexity, datasetRef: {name: corpus}}]
-"""
+from ..conftest import EVALUATION
 
 DONE = {
     "status": {"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://d", "digest": "x"}]}}
