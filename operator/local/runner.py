@@ -12,6 +12,7 @@ work while a run is going.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -112,9 +113,11 @@ class Runner:
                 self._serve(resource, description, status)
             else:
                 self._complete(resource, description, status, digest)
-        except (SpecError, StageError) as error:
-            reason = getattr(error, "reason", conditions.INVALID_SPEC)
-            status.fail(reason, str(error), now())
+        except SpecError as error:
+            status.fail(conditions.INVALID_SPEC, str(error), now())
+            self.console.print(f"[red]{kind}/{name}: failed: {error}")
+        except StageError as error:
+            status.fail(error.reason, str(error), now())
             self.console.print(f"[red]{kind}/{name}: failed: {error}")
         except KeyboardInterrupt:
             status.fail(conditions.INTERRUPTED, "interrupted; run again to resume", now())
@@ -145,7 +148,7 @@ class Runner:
     ) -> None:
         label = f"{resource.kind}/{resource.metadata.name}"
         stage, folder = STAGES[resource.kind], self.run_dir(resource)
-        save = lambda: self.state.put(resource, digest, status)  # noqa: E731
+        save = functools.partial(self.state.put, resource, digest, status)
         try:
             complete(stage, description, folder, status, self.progress, label, save)
         except KeyboardInterrupt:
