@@ -1,20 +1,19 @@
-# syntax=docker/dockerfile:1
-# The operator: Python slim, lmforge with the `operator` extra (kopf, the Kubernetes client,
-# OpenTelemetry), no torch. From the repository root:
+# The operator: lmforge with the `operator` extra (kopf, the Kubernetes client, OpenTelemetry),
+# no torch. From the repository root (images/README.md; images/build.sh builds all):
 #   docker build -f images/operator.Dockerfile -t ghcr.io/lmforge/lmforge-operator:0.1.0 .
-FROM python:3.11-slim-bookworm AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator operator
-COPY jobs jobs
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
-
-FROM python:3.11-slim-bookworm
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "lmforge[operator]" \
-    && rm -rf /wheels \
+# BASE is any image with Python 3.11 as `python` and `pip` on the PATH.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# The operator's user has a passwd entry: kopf names its peering identity after getpass.getuser().
+RUN useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin lmforge
+COPY images/requirements.py pyproject.toml /src/
+RUN pip install $(python /src/requirements.py /src/pyproject.toml operator)
+COPY README.md /src/
+COPY operator /src/operator
+COPY jobs /src/jobs
+RUN pip install --no-deps /src && rm -rf /src \
     && python -c "import sys, lmforge.operator.main; assert 'torch' not in sys.modules"
 # Non-root, and nothing written to the image at run time (the chart mounts /tmp).
 USER 65532:65532

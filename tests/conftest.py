@@ -10,6 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+
+# The cluster tiers' fixtures (tests/integration, tests/e2e): one cluster per session for both.
+from fixtures import (  # noqa: E402, F401
+    cluster,
+    crds,
+    namespace,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+    s3,
+)
 
 
 @pytest.fixture
@@ -25,11 +36,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
-    """A real S3 protocol server (moto) on loopback, in its own process, for the whole session."""
+    """A real S3 protocol server (moto) in its own process for the whole session: on every
+    address, so that pods reach it at this machine's (the `s3` fixture); tests use loopback."""
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"

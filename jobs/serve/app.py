@@ -33,9 +33,12 @@ def create_app(config: ServeConfig, engine: Engine) -> FastAPI:
         message = f"method {request.method} not allowed on {request.url.path}"
         return JSONResponse(ApiError(405, message).body(), 405)
 
+    # Both probes fail once the decoding thread is gone: readiness takes the pod out of its
+    # Service at once, liveness has the kubelet restart it (after its failureThreshold).
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        alive = engine.thread.is_alive()
+        return JSONResponse({"status": "ok" if alive else "engine stopped"}, 200 if alive else 503)
 
     @app.get("/readyz")
     async def readyz() -> Response:

@@ -3,6 +3,7 @@ trace context, and the installation's defaults they fall back on."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,19 @@ class Rendering:
         return config_map(self.owner, name, "config", self.description.config_json())
 
 
+# Pod Security "restricted" (what a namespace with pod-security.kubernetes.io/enforce=restricted
+# admits): non-root, no privilege escalation, no capabilities, the runtime's seccomp profile.
+# UID/GID 1000 is the lmforge user of the job and serve images; a podTemplate may override them.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def grace_seconds(resources: PodResources, defaults: Defaults) -> int:
     """The pod's terminationGracePeriodSeconds: the overlay's when it sets one."""
     overlay = (resources.pod_template or {}).get("spec") or {}
@@ -113,6 +127,7 @@ def container(
         "command": command,
         "env": env,
         "resources": compute_resources(resources),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
         # The log's tail becomes the termination message when a job fails: the reason for the
         # failure reaches the pod's status even where logs are gone.
@@ -138,6 +153,7 @@ def pod(
         "terminationGracePeriodSeconds": grace_seconds(resources, defaults),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,  # jobs do not talk to the API server
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": containers,
         "volumes": [{"name": "config", "configMap": {"name": config_map}}, *volumes],
         **spec_fields,

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Build the binaries of a single-node Kubernetes control plane (plus helm)
-# from the Go module proxy, cached under $LMFORGE_CACHE/bin/k8s-<version>/.
+# Build the binaries of a single-node Kubernetes cluster (control plane, kubelet,
+# kube-proxy, CoreDNS, the pause program, plus helm and the image registry that
+# images/build.sh hands images to containerd through) from the Go module proxy,
+# cached under $LMFORGE_CACHE/bin/k8s-<version>/.
 # Each binary is skipped if it is already in the cache.
 #
 #   tests/cluster/build.sh          # prints the bin dir on the last line
 set -euo pipefail
 
-K8S_VERSION=v1.36.3          # k8s.io/kubernetes; staging modules are v0.<minor>.<patch>
+# 1.35 is the last line whose kubelet runs on containerd 1.x (Debian bookworm has 1.6).
+K8S_VERSION=v1.35.4          # k8s.io/kubernetes; staging modules are v0.<minor>.<patch>
 ETCD_VERSION=v3.6.16         # go.etcd.io/etcd/server/v3
 HELM_VERSION=v3.19.0         # helm.sh/helm/v3
+COREDNS_VERSION=v1.14.7      # github.com/coredns/coredns (its client-go is v0.35)
+REGISTRY_VERSION=v3.1.2      # github.com/distribution/distribution/v3 (the registry)
 
 CACHE=${LMFORGE_CACHE:-$HOME/.cache/lmforge}
 BIN=$CACHE/bin/k8s-$K8S_VERSION
@@ -32,7 +37,7 @@ install_from() {
 
 build_kubernetes() {
   local want=() pkgs=() c
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     [[ -x $BIN/$c ]] || { want+=("$c"); pkgs+=("k8s.io/kubernetes/cmd/$c"); }
   done
   if ((${#want[@]} == 0)); then log "kubernetes $K8S_VERSION: cached"; return; fi
@@ -96,9 +101,44 @@ build_helm() {
   log "helm $HELM_VERSION: built in $((SECONDS - t0))s"
 }
 
+build_coredns() {
+  if [[ -x $BIN/coredns ]]; then log "coredns $COREDNS_VERSION: cached"; return; fi
+  log "coredns $COREDNS_VERSION: building"
+  local t0=$SECONDS
+  mkdir -p "$WORK/coredns"
+  GOBIN=$WORK/coredns go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  install_from "$WORK/coredns" coredns
+  log "coredns $COREDNS_VERSION: built in $((SECONDS - t0))s"
+}
+
+build_registry() {
+  if [[ -x $BIN/registry ]]; then log "registry $REGISTRY_VERSION: cached"; return; fi
+  log "registry $REGISTRY_VERSION: building"
+  local t0=$SECONDS
+  mkdir -p "$WORK/registry"
+  GOBIN=$WORK/registry go install -trimpath -ldflags="-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+  install_from "$WORK/registry" registry
+  log "registry $REGISTRY_VERSION: built in $((SECONDS - t0))s"
+}
+
+# The pod sandbox's program: kubernetes' own pause.c (in the module's build/), linked statically.
+build_pause() {
+  if [[ -x $BIN/pause ]]; then log "pause: cached"; return; fi
+  local dir
+  dir=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  gcc -Os -static -DVERSION="$K8S_VERSION" -o "$WORK/pause" "$dir/build/pause/linux/pause.c"
+  strip "$WORK/pause"
+  install_from "$WORK" pause
+  log "pause: built"
+}
+
 T0=$SECONDS
 build_etcd
 build_kubernetes
+build_pause
+build_coredns
+build_registry
 build_helm
 log "all done in $((SECONDS - T0))s"
 echo "$BIN"

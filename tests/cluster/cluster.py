@@ -1,7 +1,8 @@
-"""A whole test cluster: the control plane (controlplane.py) and one test node (node.py), plus
-`Kube`, the kubectl wrapper tests use against it or against any cluster.
+"""A whole test cluster: the control plane (controlplane.py) and one real node (node.py:
+kubelet, containerd, kube-proxy, CoreDNS), plus `Kube`, the kubectl wrapper tests use against
+it or against any cluster.
 
-    with LocalCluster(workdir, build(), forwards={9000: s3_port}) as cluster:
+    with LocalCluster(workdir, build()) as cluster:
         cluster.kube("get", "nodes")
 
     python tests/cluster/cluster.py up [--workdir DIR]   # prints the kubeconfig; Ctrl-C stops
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,15 +20,22 @@ import textwrap
 import time
 from pathlib import Path
 
-from controlplane import ControlPlane, build, die_with_parent
+from controlplane import ControlPlane, build
+from node import TAG, Node
 
-HERE = Path(__file__).resolve().parent
-NODE_NAME = "n1"
-IMAGE = "python:3.11-slim"  # what a real cluster would pull; the test node runs `python` here
+IMAGE = f"ghcr.io/lmforge/lmforge-trainer:{TAG}"  # Python 3.11 with lmforge, UID 1000
+# What Pod Security "restricted" asks of every container.
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def python_pod(name: str, code: str, restart: str = "Never", **spec) -> dict:
-    """A pod whose container `main` runs `python -u -c <code>`.
+    """A pod whose container `main` runs `python -u -c <code>` in the job image, admitted by
+    Pod Security "restricted".
 
     `container={...}` adds to the container, `metadata={...}` to the metadata, any other
     keyword to the pod spec.
@@ -37,6 +44,7 @@ def python_pod(name: str, code: str, restart: str = "Never", **spec) -> dict:
         "name": "main",
         "image": IMAGE,
         "command": ["python", "-u", "-c", textwrap.dedent(code)],
+        "securityContext": RESTRICTED,
         **spec.pop("container", {}),
     }
     return {
@@ -53,11 +61,12 @@ def python_pod(name: str, code: str, restart: str = "Never", **spec) -> dict:
 
 
 class Kube:
-    """kubectl against one cluster; `node_dir` is set when the test node runs its pods."""
+    """kubectl against one cluster; `pod_logs` is the kubelet's podLogsDir on our own node."""
 
-    def __init__(self, kubeconfig: Path, kubectl: Path | str, node_dir: Path | None = None):
-        self.kubeconfig, self.kubectl, self.node_dir = Path(kubeconfig), str(kubectl), node_dir
+    def __init__(self, kubeconfig: Path, kubectl: Path | str, pod_logs: Path | None = None):
+        self.kubeconfig, self.kubectl, self.pod_logs = Path(kubeconfig), str(kubectl), pod_logs
         self.pod_s3: str | None = None  # an S3 endpoint as pods reach it, where there is one
+        self.node: Node | None = None  # the cluster's own node, where we run it
         self.log_files: list[Path] = []  # of the cluster's components, for failure reports
 
     def __call__(
@@ -92,49 +101,57 @@ class Kube:
             )
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
-        """A container's output: every run in order from the test node's files (`kubectl logs`
-        gives only the current or the previous run), or the current run from `kubectl logs` on
-        another cluster."""
-        if self.node_dir is None:
+        """A container's output: every run in order from the kubelet's log files (`kubectl
+        logs` gives only the current or the previous run), or the current run from `kubectl
+        logs` on another cluster."""
+        if self.pod_logs is None:
             extra = ["-c", container] if container else []
             return self("logs", "-n", namespace, pod, *extra).stdout
         uid = self.get("pod", "-n", namespace, pod)["metadata"]["uid"]
-        folder = self.node_dir / "pods" / f"{namespace}_{pod}_{uid}" / "logs"
+        folder = self.pod_logs / f"{namespace}_{pod}_{uid}"
         if container is None:
             (folder,) = folder.iterdir()  # the only container
         else:
             folder /= container
         files = sorted(folder.glob("*.log"), key=lambda p: int(p.stem))
-        return "".join(f.read_text(errors="replace") for f in files)
+        return "".join(cri_log(f.read_text(errors="replace")) for f in files)
+
+
+def cri_log(text: str) -> str:
+    """The output in a CRI log file: each line is `<time> <stream> <P|F> <text>`, where P
+    marks a line the runtime split (no newline of its own)."""
+    out = []
+    for line in text.splitlines():
+        _, _, tag, content = ([*line.split(" ", 3), ""])[:4]
+        out.append(content if tag == "P" else content + "\n")
+    return "".join(out)
 
 
 class LocalCluster:
-    """The control plane and the test node `n1`, all files in `workdir`.
+    """The control plane and the node `n1`, their files in `workdir`."""
 
-    `forwards` maps a port on the pods' gateway (10.244.0.1) to a loopback port of this machine,
-    e.g. {9000: <port of a local S3 server>}.
-    """
-
-    def __init__(self, workdir: Path, bin_dir: Path, forwards: dict[int, int] | None = None):
+    def __init__(self, workdir: Path, bin_dir: Path):
         self.workdir = Path(workdir).resolve()
         self.control_plane = ControlPlane(self.workdir / "control-plane", bin_dir)
-        self.node_dir = self.workdir / "node"
-        self.node_log = self.workdir / "node.log"
-        self.forwards = forwards or {}
-        self.node: subprocess.Popen | None = None
-        self.kube = Kube(self.control_plane.kubeconfig, Path(bin_dir) / "kubectl", self.node_dir)
+        self.node = Node(self.workdir / "node", bin_dir, self.control_plane)
+        kubectl = Path(bin_dir) / "kubectl"
+        self.kube = Kube(self.control_plane.kubeconfig, kubectl, self.node.pod_logs)
         self.kube.log_files = self.logs
+        self.kube.node = self.node
 
     @property
     def logs(self) -> list[Path]:
-        names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-        return [self.control_plane.logs / f"{name}.log" for name in names] + [self.node_log]
+        planes = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+        nodes = ("containerd", "kubelet", "kube-proxy", "coredns")
+        return [self.control_plane.logs / f"{name}.log" for name in planes] + [
+            self.node.logs / f"{name}.log" for name in nodes
+        ]
 
-    def start(self, timeout: float = 60) -> LocalCluster:
+    def start(self) -> LocalCluster:
         t0 = time.monotonic()
         self.control_plane.start()
         try:
-            self._start_node(timeout)
+            self.node.start()
         except BaseException:
             self.stop()
             raise
@@ -144,36 +161,8 @@ class LocalCluster:
         )
         return self
 
-    def _start_node(self, timeout: float) -> None:
-        command = [sys.executable, str(HERE / "node.py"), "--name", NODE_NAME]
-        command += ["--kubeconfig", str(self.control_plane.kubeconfig)]
-        command += ["--workdir", str(self.node_dir)]
-        for port, target in self.forwards.items():
-            command += ["--forward", f"{port}=127.0.0.1:{target}"]
-        cert, key = self.control_plane.kubelet_cert(NODE_NAME)
-        command += ["--tls-cert-file", str(cert), "--tls-private-key-file", str(key)]
-        command += ["--client-ca-file", str(self.control_plane.ca_cert)]
-        with open(self.node_log, "ab") as log:
-            self.node = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not (self.node_dir / "node.json").exists():
-            if self.node.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"test node did not start; see {self.node_log}")
-            time.sleep(0.1)
-        self.kube.wait(f"node/{NODE_NAME}", "condition=Ready", "default", int(timeout))
-
     def stop(self) -> None:
-        if self.node and self.node.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.node.pid, signal.SIGTERM)
-            try:
-                self.node.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.node.pid, signal.SIGKILL)
-                self.node.wait()
+        self.node.stop()
         self.control_plane.stop()
 
     def __enter__(self) -> LocalCluster:
@@ -191,7 +180,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with LocalCluster(workdir, build()) as cluster:
         print(cluster.control_plane.kubeconfig, flush=True)
-        print(f"pods' files and logs in {cluster.node_dir}/pods; Ctrl-C to stop", file=sys.stderr)
+        print(f"pods' logs in {cluster.node.pod_logs}; Ctrl-C to stop", file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0

@@ -1,8 +1,10 @@
 """A real single-node Kubernetes control plane for integration tests.
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as local
-processes on 127.0.0.1 with free ports; certificates, keys, kubeconfigs, data
-and logs live in ``workdir``.  Binaries come from ``tests/cluster/build.sh``.
+processes with free ports (the API server on every address, so that pods reach it
+through the `kubernetes` Service at this machine's address); certificates, keys,
+kubeconfigs, data and logs live in ``workdir``.  Binaries come from
+``tests/cluster/build.sh``.
 
     with ControlPlane(workdir, bin_dir) as cp:
         subprocess.run(["kubectl", "--kubeconfig", cp.kubeconfig, "get", "ns"])
@@ -16,6 +18,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import ssl
@@ -30,7 +33,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-K8S_VERSION = "v1.36.3"
+K8S_VERSION = "v1.35.4"
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -46,6 +49,20 @@ def build() -> Path:
         ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
     ).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def host_ip() -> str:
+    """This machine's address on its default route: where pods reach the API server (through
+    the `kubernetes` Service), the kubelet, CoreDNS and the tests' S3 server."""
+    out = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True)
+    found = re.search(r"\bsrc (\S+)", out.stdout)
+    if not found:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True)  # fmt: skip
+        found = re.search(r"inet (\S+)/", out.stdout)
+    if not found:
+        raise RuntimeError("no IPv4 address besides loopback: the test node needs one")
+    return found[1]
 
 
 def free_port() -> int:
@@ -72,6 +89,7 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.etcd_port = free_port()
         self.port = free_port()
+        self.ip = host_ip()
         self.server = f"https://127.0.0.1:{self.port}"
         self.ca_cert = self.pki / "ca.crt"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -139,16 +157,23 @@ class ControlPlane:
         ext.unlink()
         return crt, key
 
-    def kubelet_cert(self, node: str) -> tuple[Path, Path]:
-        """A serving certificate for the kubelet API of test node `node`, on 127.0.0.1, where
-        the API server reaches it (--kubelet-certificate-authority is the cluster CA)."""
+    def kubelet_cert(self, node: str, ip: str) -> tuple[Path, Path]:
+        """A serving certificate for the kubelet API of node `node` at `ip`, where the API
+        server reaches it (--kubelet-certificate-authority is the cluster CA)."""
         return self.issue_cert(
             f"kubelet-{node}",
             f"system:node:{node}",
             ("system:nodes",),
-            sans=("IP:127.0.0.1", f"DNS:{node}"),
+            sans=(f"IP:{ip}", f"DNS:{node}"),
             server=True,
         )
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True):
+        command = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        done = subprocess.run(command, input=input, capture_output=True, text=True, timeout=60)
+        if check and done.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done
 
     def write_kubeconfig(self, name: str, user: str, groups: tuple[str, ...] = ()) -> Path:
         """Write workdir/<name>.kubeconfig for a client cert with CN=user, O=groups."""
@@ -205,10 +230,9 @@ class ControlPlane:
             "kube-apiserver",
             server=True,
             sans=(
-                # 10.244.0.1: where the test node (node.py) lets pods reach this server.
                 "IP:127.0.0.1",
-                "IP:10.96.0.1",
-                "IP:10.244.0.1",
+                "IP:10.96.0.1",  # the `kubernetes` Service
+                f"IP:{self.ip}",  # its endpoint
                 "DNS:localhost",
                 "DNS:kubernetes",
                 "DNS:kubernetes.default",
@@ -298,8 +322,8 @@ class ControlPlane:
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         self._spawn(
             "kube-apiserver",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.ip}",
             f"--secure-port={self.port}",
             f"--etcd-servers={etcd_url}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -311,11 +335,9 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
-            # 127.0.0.1 may not be written to the kubernetes Endpoints object.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
-            # pods/log (kubectl logs, the operator's progress) goes to the test node's kubelet
-            # API at its InternalIP, which is 127.0.0.1; its certificate is checked.
+            # pods/log, exec, port-forward go to the kubelet at the node's InternalIP; its
+            # certificate is checked.
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--kubelet-certificate-authority={self.ca_cert}",

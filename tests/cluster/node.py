@@ -1,329 +1,426 @@
-"""A test node: registers a Node, keeps its Lease, and runs the pods bound to it as processes.
+"""A real Kubernetes node for the test cluster: containerd + runc + CNI from Debian's packages,
+kubelet and kube-proxy from tests/cluster/build.sh, and CoreDNS behind the `kube-dns` Service.
 
-    python tests/cluster/node.py --kubeconfig KUBECONFIG --name n1 --workdir DIR \\
-        [--cpu 16] [--memory 64Gi] [--forward 9000=127.0.0.1:PORT ...] \\
-        [--tls-cert-file CRT --tls-private-key-file KEY --client-ca-file CA [--port 0]]
+    node = Node(workdir, bin_dir, control_plane)
+    node.start()      # the Node is Ready once start() returns
+    node.stop()       # every pod's containers, the daemons, their mounts, cgroups, netns, rules
 
-Needs root (namespaces, mounts).  Each container's `command` + `args` runs as given with this
-Python environment in place of the image (`python` is this interpreter), inside the pod's own
-network and UTS namespaces (podnet.py) and a mount namespace of its own, where /etc/hosts (the
-stand-in for cluster DNS), /etc/resolv.conf and the pod's volumes are bind-mounted.  Status,
-restarts and deletion follow the kubelet.  Files live in DIR/pods/<ns>_<name>_<uid>/, logs in
-its logs/<container>/<restart>.log.  With a serving certificate, the kubelet API that
-`kubectl logs` needs is served on 127.0.0.1 (kubelet.py).  DIR/node.json says the node is up.
+Pods run in containers from the images images/build.sh imported into containerd's root under
+$LMFORGE_CACHE (nothing is pulled: no registry is reachable here). All other state is in
+`workdir`. The VM's quirks (docs/testing.md): cgroup v1 (failCgroupV1: false, cgroupfs) and no
+CAP_SYS_RESOURCE (restrict_oom_score_adj). One node per machine: the bridge `lmf0`, the pod
+CIDR and kube-proxy's rules are the host's.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import fcntl
 import json
-import logging
 import os
-import platform
+import re
 import shlex
-import shutil
 import signal
-import sys
-import threading
+import subprocess
 import time
-import urllib.parse
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
+from controlplane import ControlPlane, die_with_parent, free_port, host_ip
 
-from kubeapi import MERGE, Api, ApiError
-from kubelet import KubeletServer
-from podnet import PREFIX, PREFIX_LEN, PodNetwork
-from podspec import API_PORT, GATEWAY, data_of
-from podworker import PodWorker
+NAME = "n1"
+POD_CIDR = "10.244.0.0/24"
+BRIDGE = "lmf0"
+CNI_NETWORK = "lmforge-test"
+CLUSTER_DNS = "10.96.0.10"
+CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+TAG = "0.1.0"
+IMAGES = (
+    PAUSE_IMAGE,
+    *(f"ghcr.io/lmforge/lmforge-{n}:{TAG}" for n in ("operator", "trainer", "serve")),
+)
+LOCK = Path("/run/lmforge-test-node.lock")
+CGROUP = Path("/sys/fs/cgroup")
+TOOLS = ("containerd", "runc", "ctr", "iptables", "iptables-save", "ip", "conntrack")
+DAEMONS = ("containerd", "kubelet", "kube-proxy", "coredns")
 
-K8S_VERSION = "v1.36.3"
-LEASE_SECONDS = 40
-TOOLS = ("setpriv", "unshare", "nsenter", "ip", "mount", "sh", "bash", "sleep", "hostname")
-log = logging.getLogger("node")
+# CoreDNS reads Services, EndpointSlices and namespaces as the user system:coredns.
+COREDNS_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
+"""
 
 
-def now(micro: bool = False) -> str:
-    t = datetime.now(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else t.strftime("%Y-%m-%dT%H:%M:%SZ")
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
+def containerd_root() -> Path:
+    """Where images/build.sh imports the images: the content store outlives each node."""
+    return cache_dir() / "containerd"
 
 
 class Node:
-    def __init__(self, api: Api, name: str, workdir: Path, cpu: str, memory: str):
-        self.api, self.name, self.workdir = api, name, workdir
-        self.resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
-        self.net = PodNetwork()
-        self.workers: dict[str, PodWorker] = {}
-        self.services: list[dict] = []
-        self.kubelet: KubeletServer | None = None
-        self.slices: list[dict] = []
-        # Containers find `python` (this interpreter: a wrapper, not a symlink, so that a
-        # virtual environment is still found from its path), then its `torchrun`, `lmforge`.
-        bindir = workdir / "bin"
-        bindir.mkdir(parents=True, exist_ok=True)
-        for alias in ("python", "python3"):
-            (bindir / alias).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-            (bindir / alias).chmod(0o755)
-        system = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        self.path = os.pathsep.join([str(bindir), str(Path(sys.executable).parent), *system])
-        # What the image would hold: the aliases, this interpreter's environment, and this
-        # checkout (an editable install imports from it). A pod volume mounted over a folder
-        # that holds one of them (the Helm chart's emptyDir at /tmp, with the checkout under
-        # /tmp) must not hide it: PodWorker binds them back on top.
-        here = Path(__file__).resolve()
-        self.image_paths = sorted({bindir.resolve(), Path(sys.prefix).resolve(), here.parents[2]})
+    def __init__(self, workdir: Path, bin_dir: Path, control_plane: ControlPlane):
+        self.workdir = Path(workdir).resolve()
+        self.bin_dir, self.cp = Path(bin_dir), control_plane
+        self.ip = host_ip()
+        self.logs = self.workdir / "logs"
+        self.pod_logs = self.workdir / "pod-logs"
+        self.socket = self.workdir / "containerd" / "containerd.sock"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._lock: int | None = None
+        self._before: dict[str, set[str]] = {}
 
-    # -- the Node object and its Lease --------------------------------------------------------
-    def _status(self) -> dict:
-        t = now()
-        conditions = [
-            ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-            ("PIDPressure", "False", "KubeletHasSufficientPID"),
-            ("Ready", "True", "KubeletReady"),
-        ]
-        times = {"lastHeartbeatTime": t, "lastTransitionTime": t}
-        # The API server (host network namespace) reaches the kubelet API on loopback; pods see
-        # the node as 10.244.0.1 (their status.hostIP), where nothing of the kubelet listens.
-        address = self.kubelet.host if self.kubelet else GATEWAY
-        port = self.kubelet.port if self.kubelet else 0
-        return {
-            "capacity": self.resources,
-            "allocatable": self.resources,
-            "conditions": [
-                {"type": kind, "status": status, "reason": reason, "message": "test node", **times}
-                for kind, status, reason in conditions
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": address},
-                {"type": "Hostname", "address": self.name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-            "nodeInfo": {
-                **dict.fromkeys(("machineID", "systemUUID", "bootID", "kubeProxyVersion"), ""),
-                "kernelVersion": platform.release(),
-                "osImage": "lmforge test node",
-                "containerRuntimeVersion": "lmforge-process://1",
-                "kubeletVersion": K8S_VERSION,
-                "operatingSystem": "linux",
-                "architecture": "amd64",
+    # -- configuration ----------------------------------------------------
+    def _write(self, relative: str, content: str | dict) -> Path:
+        path = self.workdir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    def _containerd_config(self) -> Path:
+        state = self.workdir / "containerd"
+        cri = "io.containerd.grpc.v1.cri"
+        return self._write(
+            "containerd/config.toml",
+            f"""version = 2
+root = "{containerd_root()}"
+state = "{state / "state"}"
+[grpc]
+  address = "{self.socket}"
+[plugins."{cri}"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # This VM lacks CAP_SYS_RESOURCE: without this every sandbox fails to start.
+  restrict_oom_score_adj = true
+  [plugins."{cri}".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."{cri}".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."{cri}".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."{cri}".cni]
+    bin_dir = "{CNI_BIN}"
+    conf_dir = "{self.workdir / "cni" / "net.d"}"
+""",
+        )
+
+    def _cni_config(self) -> None:
+        bridge = {
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": True,
+            "ipMasq": True,
+            "hairpinMode": True,  # a pod reaches itself through its Service's ClusterIP
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": POD_CIDR}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": str(self.workdir / "cni" / "ipam"),
             },
         }
+        portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+        conflist = {"cniVersion": "1.0.0", "name": CNI_NETWORK, "plugins": [bridge, portmap]}
+        self._write("cni/net.d/10-lmforge.conflist", json.dumps(conflist, indent=2))
 
-    def register(self) -> None:
-        body = {
+    def _kubelet_config(self, port: int) -> Path:
+        crt, key = self.cp.kubelet_cert(NAME, self.ip)
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # This VM's cgroups are v1.
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "address": self.ip,
+            "port": port,
+            "readOnlyPort": 0,
+            "healthzPort": 0,
+            "tlsCertFile": str(crt),
+            "tlsPrivateKeyFile": str(key),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.cp.ca_cert)},
+            },
+            "authorization": {"mode": "Webhook"},
+            "clusterDNS": [CLUSTER_DNS],
+            "clusterDomain": "cluster.local",
+            "resolvConf": "",  # pods get cluster DNS only: nothing leaves this machine
+            "podLogsDir": str(self.pod_logs),
+            "failSwapOn": False,
+            # Images cannot be pulled again here: never collect them; evict only when nearly full.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "200Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "serializeImagePulls": False,
+            "shutdownGracePeriod": "0s",
+        }
+        return self._write("kubelet/config.yaml", config)
+
+    def _kube_proxy_config(self, kubeconfig: Path) -> Path:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "hostnameOverride": NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_CIDR,
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            # Leave the host's conntrack and route_localnet sysctls alone.
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+            "iptables": {"localhostNodePorts": False, "syncPeriod": "10s", "minSyncPeriod": "0s"},
+        }
+        return self._write("kube-proxy/config.yaml", config)
+
+    def _cluster_dns(self, port: int) -> Path:
+        """CoreDNS on this machine's address, behind the Service kube-system/kube-dns."""
+        kubeconfig = self.cp.write_kubeconfig("coredns", "system:coredns")
+        self.cp.kubectl("apply", "-f", "-", input=COREDNS_RBAC)
+        ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
+        service = {
             "apiVersion": "v1",
-            "kind": "Node",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {
+                "clusterIP": CLUSTER_DNS,
+                "ports": [
+                    {"name": n, "protocol": p, "port": 53, "targetPort": port} for n, p in ports
+                ],
+            },
+        }
+        slice_ = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
             "metadata": {
-                "name": self.name,
+                "name": "kube-dns-host",
+                "namespace": "kube-system",
                 "labels": {
-                    "kubernetes.io/hostname": self.name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "lmforge.dev/test-node": "true",
+                    "kubernetes.io/service-name": "kube-dns",
+                    "endpointslice.kubernetes.io/managed-by": "lmforge-test-node",
                 },
             },
-            "spec": {"podCIDR": f"{PREFIX}0/{PREFIX_LEN}", "podCIDRs": [f"{PREFIX}0/{PREFIX_LEN}"]},
-            "status": self._status(),
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.ip], "conditions": {"ready": True}}],
+            "ports": [{"name": n, "protocol": p, "port": port} for n, p in ports],
         }
-        try:
-            node = self.api.request("POST", "/api/v1/nodes", body)
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            path = f"/api/v1/nodes/{self.name}/status"
-            node = self.api.request("PATCH", path, {"status": self._status()}, MERGE)
-        self.uid = node["metadata"]["uid"]
-        log.info("registered node %s (uid %s)", self.name, self.uid)
+        document = {"apiVersion": "v1", "kind": "List", "items": [service, slice_]}
+        self.cp.kubectl("apply", "-f", "-", input=json.dumps(document))
+        return self._write(
+            "coredns/Corefile",
+            f""".:{port} {{
+    bind {self.ip}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} lmforge
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+""",
+        )
 
-    def renew_lease(self) -> None:
-        namespace = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
-        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS}
-        owner = {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}
-        while True:
-            spec["renewTime"] = now(micro=True)
-            try:
-                try:
-                    self.api.request("PATCH", f"{namespace}/{self.name}", {"spec": spec}, MERGE)
-                except ApiError as e:
-                    if e.status != 404:
-                        raise
-                    meta = {"name": self.name, "ownerReferences": [owner]}
-                    self.api.request("POST", namespace, {"metadata": meta, "spec": spec})
-            except (ApiError, OSError) as e:
-                log.warning("lease renewal failed: %s", e)
-            time.sleep(LEASE_SECONDS / 4)
+    # -- processes --------------------------------------------------------
+    def _spawn(self, name: str, *args: str | Path, binary: Path | None = None) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [str(binary or self.bin_dir / name), *map(str, args)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent,
+            )  # fmt: skip
 
-    # -- what pods need from the cluster -------------------------------------------------------
-    def fetch(self, kind: str, namespace: str, name: str) -> dict[str, bytes] | None:
+    def _wait(self, what: str, check, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode}; see {self.logs}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node: {what} not ready after {timeout}s; logs in {self.logs}")
+            time.sleep(0.2)
+
+    def ctr(self, *args: str, check: bool = True) -> str:
+        command = ["ctr", "--address", str(self.socket), "-n", "k8s.io", *args]
+        return subprocess.run(command, check=check, capture_output=True, text=True).stdout
+
+    def start(self, timeout: float = 90) -> Node:
+        self._lock = os.open(LOCK, os.O_CREAT | os.O_RDWR)
         try:
-            obj = self.api.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
-        except ApiError as e:
-            if e.status == 404:
-                return None
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another test node runs on this machine ({LOCK})") from None
+        self._before = {"chains": _iptables_chains(), "netns": _netns(), "cgroups": _kubepods()}
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
             raise
-        return data_of(kind, obj)
+        return self
 
-    def refresh_dns(self) -> None:
-        """Rewrite each running pod's /etc/hosts from the headless Services' EndpointSlices."""
-        while True:
-            live = [w for w in list(self.workers.values()) if w.running]
-            if live:
-                try:
-                    self.services = self.api.get("/api/v1/services")["items"]
-                    self.slices = self.api.get("/apis/discovery.k8s.io/v1/endpointslices")["items"]
-                except (ApiError, OSError) as e:
-                    log.warning("cannot list services for /etc/hosts: %s", e)
-                for worker in live:
-                    try:
-                        worker.write_hosts()
-                    except OSError as e:
-                        log.warning("pod %s: /etc/hosts not written: %s", worker.name, e)
-            time.sleep(1)
+    def _start(self, timeout: float) -> None:
+        self._cni_config()
+        self._spawn("containerd", "--config", self._containerd_config(), binary=Path("containerd"))
+        self._wait("containerd", lambda: not subprocess.run(
+            ["ctr", "--address", str(self.socket), "version"], capture_output=True).returncode,
+            timeout)  # fmt: skip
+        missing = [i for i in IMAGES if i not in self.ctr("images", "ls", "-q").split()]
+        if missing:
+            raise RuntimeError(f"containerd has no {missing}: run images/build.sh")
+        self._remove_containers()  # left by a node that was killed
 
-    # -- pods ----------------------------------------------------------------------------------
-    def on_pod(self, kind: str, pod: dict) -> None:
-        uid = pod["metadata"]["uid"]
-        worker = self.workers.get(uid)
-        if kind == "DELETED":
-            if worker:
-                worker.vanish()
-                del self.workers[uid]
-        elif worker:
-            worker.update(pod)
-        elif pod["metadata"].get("deletionTimestamp"):
-            self.delete_now(pod)  # never started here (e.g. this node restarted)
-        elif pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            self.workers[uid] = PodWorker(self, pod)
-            self.workers[uid].start()
+        dns_port = free_port()
+        self._spawn("coredns", "-conf", self._cluster_dns(dns_port))
+        proxy = self.cp.write_kubeconfig("kube-proxy", "system:kube-proxy")
+        self._spawn("kube-proxy", "--config", self._kube_proxy_config(proxy))
+        kubeconfig = self.cp.write_kubeconfig(f"node-{NAME}", f"system:node:{NAME}",
+                                              ("system:nodes",))  # fmt: skip
+        self._spawn(
+            "kubelet", "--config", self._kubelet_config(free_port()),
+            "--kubeconfig", kubeconfig, "--root-dir", self.workdir / "kubelet",
+            "--hostname-override", NAME, "--node-ip", self.ip,
+            "--node-labels", "lmforge.dev/test-node=true",
+        )  # fmt: skip
+        self._wait("Node Ready", self._ready, timeout)
 
-    def delete_now(self, pod: dict) -> None:
-        """What the kubelet does once a pod's processes are gone: delete it with no grace."""
-        meta = pod["metadata"]
-        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
-        try:
-            self.api.request("DELETE", path, body)
-        except ApiError as e:
-            if e.status not in (404, 409):
-                log.warning("cannot delete pod %s/%s: %s", meta["namespace"], meta["name"], e)
+    def _ready(self) -> bool:
+        done = self.cp.kubectl("get", "node", NAME, "-o", "json", check=False)
+        if done.returncode:
+            return False
+        conditions = json.loads(done.stdout)["status"].get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def watch_pods(self) -> None:
-        selector = f"spec.nodeName={self.name}"
-        while True:
-            try:
-                listing = self.api.get("/api/v1/pods", fieldSelector=selector)
-                seen = {p["metadata"]["uid"] for p in listing["items"]}
-                for uid in set(self.workers) - seen:
-                    self.on_pod("DELETED", self.workers[uid].pod)
-                for pod in listing["items"]:
-                    self.on_pod("MODIFIED", pod)
-                version = listing["metadata"]["resourceVersion"]
-                while True:
-                    events = self.api.watch(
-                        "/api/v1/pods", fieldSelector=selector, resourceVersion=version
-                    )
-                    for event in events:
-                        obj = event["object"]
-                        if event["type"] == "ERROR":  # e.g. 410 Gone: list again
-                            raise ApiError(obj.get("code", 0), "WATCH", "pods", obj.get("message"))
-                        version = obj["metadata"]["resourceVersion"]
-                        if event["type"] != "BOOKMARK":
-                            self.on_pod(event["type"], obj)
-            except (ApiError, OSError, ValueError) as e:
-                log.warning("pod watch ended (%s); listing again", e)
-                time.sleep(1)
+    def stop(self) -> None:
+        """Pods first (so the kubelet tears their sandboxes down through CNI), then the
+        daemons; then whatever a crash left: containers, mounts, netns, cgroups, rules."""
+        if "kubelet" in self.procs and self.procs["kubelet"].poll() is None:
+            self.cp.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0",
+                            "--force", "--wait=false", check=False)  # fmt: skip
+            deadline = time.monotonic() + 30
+            while self._running_containers() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        for name in ("kubelet", "kube-proxy", "coredns"):
+            self._terminate(name)
+        if self._before:
+            config = self.workdir / "kube-proxy" / "config.yaml"
+            subprocess.run([str(self.bin_dir / "kube-proxy"), "--cleanup", "--config", str(config)],
+                           capture_output=True)  # fmt: skip
+        if "containerd" in self.procs:
+            self._remove_containers()
+            self._terminate("containerd")
+        self._sweep()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
-    def shutdown(self) -> None:
-        for worker in list(self.workers.values()):
-            worker.kill()
-        self.net.close()
+    def _terminate(self, name: str, grace: float = 10) -> None:
+        p = self.procs.pop(name, None)
+        if p is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(wait)
+                return
 
+    def kill(self, container_id: str) -> None:
+        """SIGKILL a container (a pod status's containerID, containerd://<id>)."""
+        self.ctr("tasks", "kill", "-s", "SIGKILL", container_id.removeprefix("containerd://"))
 
-def forward(text: str) -> tuple[int, tuple[str, int]]:
-    """PORT=HOST:PORT, e.g. 9000=127.0.0.1:41234."""
-    port, _, target = text.partition("=")
-    host, _, target_port = target.rpartition(":")
-    if not (port.isdigit() and host and target_port.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected PORT=HOST:PORT, got {text!r}")
-    return int(port), (host, int(target_port))
+    def _running_containers(self) -> list[str]:
+        lines = self.ctr("tasks", "ls", check=False).splitlines()[1:]
+        return [line.split()[0] for line in lines if "RUNNING" in line]
 
+    def _remove_containers(self) -> None:
+        for task in self._running_containers():
+            self.ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
+        for container in self.ctr("containers", "ls", "-q", check=False).split():
+            self.ctr("tasks", "rm", "-f", container, check=False)
+            self.ctr("containers", "rm", container, check=False)
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kubeconfig", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--workdir", required=True, type=Path)
-    parser.add_argument("--cpu", default="16", help="advertised, not enforced")
-    parser.add_argument("--memory", default="64Gi", help="advertised, not enforced")
-    parser.add_argument(
-        "--forward",
-        action="append",
-        default=[],
-        type=forward,
-        metavar="PORT=HOST:PORT",
-        help=f"make a loopback address of this machine reachable from pods at {GATEWAY}:PORT",
-    )
-    kubelet = parser.add_argument_group("kubelet API (kubectl logs); served when a cert is given")
-    kubelet.add_argument("--tls-cert-file", help="serving certificate (SAN IP:127.0.0.1)")
-    kubelet.add_argument("--tls-private-key-file")
-    kubelet.add_argument("--client-ca-file", help="CA of the API server's client certificate")
-    kubelet.add_argument("--address", default="127.0.0.1", help="where the API server reaches it")
-    kubelet.add_argument("--port", type=int, default=0, help="0: a free port")
-    args = parser.parse_args(argv)
-    tls = (args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
-    if any(tls) and not all(tls):
-        parser.error("--tls-cert-file, --tls-private-key-file and --client-ca-file go together")
-    return args
+    def _sweep(self) -> None:
+        if not self._before:
+            return
+        mounts = [m for m in _mounts() if m.startswith(str(self.workdir))]
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        for netns in _netns() - self._before["netns"]:
+            subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+        for table in ("nat", "filter", "mangle"):
+            new = _iptables_chains(table) - self._before["chains"]
+            _iptables_remove(table, {c for c in new if c.startswith(("CNI-", "KUBE-"))})
+        for cgroup in sorted(
+            _kubepods() - self._before["cgroups"], key=lambda p: len(p.parts), reverse=True
+        ):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        self._before = {}
 
 
-def preflight() -> None:
-    missing = [tool for tool in TOOLS if not shutil.which(tool)]
-    if missing:
-        raise SystemExit(f"node: missing tools {missing} (apt-get install util-linux iproute2)")
-    if os.geteuid() != 0:
-        raise SystemExit("node: must run as root (network and mount namespaces)")
+def _mounts() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f]
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(threadName)s %(levelname)s %(message)s"
-    )
-    preflight()
-    (args.workdir / "node.json").unlink(missing_ok=True)  # written again once this node is up
-    api = Api(args.kubeconfig)
-    node = Node(api, args.name, args.workdir.resolve(), args.cpu, args.memory)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server = urllib.parse.urlsplit(api.server)
-        node.net.forward(API_PORT, (server.hostname, server.port or 443))
-        for port, target in args.forward:
-            node.net.forward(port, target)
-        if args.tls_cert_file:
-            node.kubelet = KubeletServer(
-                node,
-                args.address,
-                args.port,
-                args.tls_cert_file,
-                args.tls_private_key_file,
-                args.client_ca_file,
-            )
-            node.kubelet.start()
-        node.register()
-        threading.Thread(target=node.renew_lease, name="lease", daemon=True).start()
-        threading.Thread(target=node.refresh_dns, name="dns", daemon=True).start()
-        info = {"name": node.name, "pid": os.getpid(), "netns": node.net.netns, "gateway": GATEWAY}
-        if node.kubelet:
-            info["kubelet"] = f"https://{node.kubelet.host}:{node.kubelet.port}"
-        (node.workdir / "node.json").write_text(json.dumps(info))
-        log.info("node ready: %s", json.dumps(info))
-        node.watch_pods()
-    finally:
-        node.shutdown()
-    return 0
+def _netns() -> set[str]:
+    run = Path("/var/run/netns")
+    return {p.name for p in run.iterdir()} if run.is_dir() else set()
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _kubepods() -> set[Path]:
+    """Every cgroup under each v1 hierarchy's `kubepods` (the kubelet's, with cgroupfs)."""
+    found: set[Path] = set()
+    for top in CGROUP.glob("*/kubepods"):
+        found |= {top, *(p for p in top.rglob("*") if p.is_dir())}
+    return found
+
+
+def _iptables_chains(table: str | None = None) -> set[str]:
+    tables = [table] if table else ["nat", "filter", "mangle"]
+    names: set[str] = set()
+    for t in tables:
+        out = subprocess.run(["iptables-save", "-t", t], capture_output=True, text=True).stdout
+        names |= set(re.findall(r"^:(\S+)", out, re.M))
+    return names
+
+
+def _iptables_remove(table: str, chains: set[str]) -> None:
+    """Delete every rule that jumps to one of `chains`, then the chains."""
+    out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+    for rule in re.findall(r"^-A (.*)$", out, re.M):
+        words = shlex.split(rule)
+        if words[0] not in chains and any(
+            words[i + 1] in chains for i, w in enumerate(words[:-1]) if w in ("-j", "-g")
+        ):
+            subprocess.run(["iptables", "-t", table, "-D", *words], capture_output=True)
+    for chain in chains:
+        subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
+    for chain in chains:
+        subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)

@@ -1,21 +1,16 @@
-"""The e2e tier: the operator as a process against the integration tier's cluster.
+"""The e2e tier: the operator, as a process or installed with the Helm chart, against the
+session's cluster (tests/cluster/fixtures.py: the cluster, the CRDs, the per-test namespace
+and the S3 bucket with its credentials Secret).
 
-The cluster, the CRDs, the per-test namespace and the S3 bucket with its credentials Secret are
-tests/integration's fixtures (its conftest, loaded here as a module). What this tier adds is the
-operator: `python -m lmforge.operator.main --namespace <ns>` as a subprocess with the admin
-kubeconfig, a 1 s reconcile interval and short grace periods, ready once /healthz answers,
-stopped with SIGTERM. Its log goes to a file; a failed test's report has the file's path and its
-tail.
-
-Like the integration tier, this one is skipped without root, util-linux/iproute2 or Go (and
-fails instead with CI=true); against LMFORGE_TEST_KUBECONFIG the tests need S3 reachable from
-the pods, so they are skipped (failed in CI) there.
+The process is `python -m lmforge.operator.main --namespace <ns>` with the admin kubeconfig, a
+1 s reconcile interval and short grace periods, ready once /healthz answers, stopped with
+SIGTERM; its log goes to a file, and a failed test's report has the file's path and its tail.
+Job pods run the images from images/ in containers on the cluster's node.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -26,32 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster import Kube
+from controlplane import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _integration_fixtures():
-    """tests/integration/conftest.py as a module of its own, so that its fixture functions (and
-    its list of kept cluster folders) serve this tier too."""
-    path = ROOT / "tests" / "integration" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("lmforge_integration_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_it = _integration_fixtures()
-cluster = _it.cluster
-crds = _it.crds
-namespace = _it.namespace
-s3 = _it.s3
-pytest_terminal_summary = _it.pytest_terminal_summary
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # e2e_support, for the tests
-
-from cluster import Kube  # noqa: E402  (tests/cluster is on sys.path once the module loaded)
-from controlplane import die_with_parent, free_port  # noqa: E402
 
 READY_SECONDS = 60
 OPERATOR_ENV = {
@@ -59,8 +33,6 @@ OPERATOR_ENV = {
     "LMFORGE_RETRY_DELAY": "1",
     # torchrun gets grace - 15 s to checkpoint on SIGTERM; a deleted gang is gone in seconds.
     "LMFORGE_TERMINATION_GRACE_SECONDS": "20",
-    # Nominal: the test node runs each command with this machine's Python, never an image.
-    "LMFORGE_JOB_IMAGE": "python:3.11-slim",
     "LMFORGE_LOG_TAIL_LINES": "200",
 }
 
@@ -130,7 +102,8 @@ class Operator:
 class HelmOperator:
     """The operator installed with helm/lmforge into the test's namespace (rbac.scope
     namespace): a Deployment whose pod runs on the test node with the chart's ServiceAccount
-    and RBAC, talking to the API server in-cluster."""
+    and RBAC, talking to the API server in-cluster, with the chart's securityContext and
+    probes."""
 
     def __init__(self, kube: Kube, namespace: str, folder: Path):
         self.kube, self.namespace, self.folder = kube, namespace, folder
@@ -151,14 +124,13 @@ class HelmOperator:
             "rbac.scope": "namespace",
             "reconcileInterval": OPERATOR_ENV["LMFORGE_RECONCILE_INTERVAL"],
             "jobs.terminationGracePeriodSeconds": OPERATOR_ENV["LMFORGE_TERMINATION_GRACE_SECONDS"],
-            "jobs.image": OPERATOR_ENV["LMFORGE_JOB_IMAGE"],
         }
         sets = [f"--set={key}={value}" for key, value in values.items()]
         chart = str(ROOT / "helm" / "lmforge")
         self._helm("install", self.release, chart, "--skip-crds", *sets)
         deployment = f"deployment/{self.release}"
         self.kube.wait(deployment, "condition=Available", self.namespace, READY_SECONDS)
-        # Ready means running here (the test node runs no probes): wait for kopf's own word.
+        # Available means the readiness probe passed (kopf's /healthz); wait for kopf's own word.
         deadline = time.monotonic() + READY_SECONDS
         while "lmforge operator: reconcile every" not in self.log_text():
             if time.monotonic() > deadline:
@@ -175,7 +147,7 @@ class HelmOperator:
                   f"--timeout={READY_SECONDS}s", timeout=READY_SECONDS + 30)  # fmt: skip
 
     def log_text(self) -> str:
-        """The operator pod's log, through `kubectl logs` (the test node's kubelet API)."""
+        """The operator pod's log, through `kubectl logs` (the kubelet's API)."""
         done = self.kube(
             "logs", "-n", self.namespace, f"deployment/{self.release}", check=False, timeout=30
         )
@@ -202,25 +174,11 @@ def operator(
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failed test's report: the cluster's logs and namespace (as in the integration tier),
-    and the operator's log."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.when != "call" or not report.failed:
-        return
-    funcargs = getattr(item, "funcargs", {})
-    kube, where = funcargs.get("cluster"), funcargs.get("namespace")
-    if isinstance(kube, Kube):
-        lines = [f"log: {path}" for path in kube.log_files]
-        if where:
-            if kube.node_dir:
-                lines.append(f"pods' files and logs: {kube.node_dir}/pods/{where}_*")
-            what = "pods,services,configmaps,lmforge,events"
-            state = kube("get", what, "-n", where, "-o", "wide", check=False, timeout=30)
-            lines.append(f"kubectl get {what} -n {where}:\n{state.stdout}{state.stderr}")
-        report.sections.append(("lmforge cluster", "\n".join(lines)))
-    running = funcargs.get("operator")
-    if isinstance(running, Operator | HelmOperator):
+    """A failed test's report has the operator's log (the cluster's section comes from
+    tests/cluster/fixtures.py)."""
+    report = (yield).get_result()
+    running = getattr(item, "funcargs", {}).get("operator")
+    if report.when == "call" and report.failed and isinstance(running, Operator | HelmOperator):
         text = running.log_text()
         paths = ", ".join(map(str, running.logs)) or "kubectl logs"
         report.sections.append(("lmforge operator", f"logs: {paths}\n...\n{text[-20000:]}"))

@@ -46,7 +46,7 @@ def dataset(name: str, store: dict[str, str]) -> dict[str, Any]:
             "packing": {"sequenceLength": SEQUENCE},
             "split": {"validationFraction": 0.1},
             "engine": {"workers": 1},
-            "resources": {"cpu": "1", "memory": "1Gi"},
+            "resources": {"cpu": "900m", "memory": "1Gi"},
             "storage": store,
         },
     }
@@ -72,7 +72,7 @@ def pretrainjob(
                 "checkpoint": {"everySteps": 3, "keep": 2},
                 "validation": {"everySteps": 6, "batches": 2},
             },
-            "resources": {"nodes": 2, "processesPerNode": 1, "cpu": "1", "memory": "1Gi"},
+            "resources": {"nodes": 2, "processesPerNode": 1, "cpu": "900m", "memory": "1Gi"},
             "runPolicy": {"backoffLimit": 2},
             "storage": store,
         },

@@ -1,5 +1,6 @@
 """From `kubectl apply` to a trained model: a Dataset and a PretrainJob run by the operator on the
-test cluster, with object storage in moto; then the faults: a deleted worker, a killed operator,
+test cluster (pods in containers), with object storage in moto; then the faults: a killed worker
+container, a killed operator,
 a missing Dataset, and deletion."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from e2e_support import (
     pretrainjob,
     read,
     storage,
+    unavailable,
     wait_for,
     wait_phase,
 )
@@ -117,12 +119,14 @@ def test_dataset_and_pretrainjob_succeed(cluster, namespace, s3, s3_endpoint, op
         assert read(api, "PretrainJob", namespace, "tiny")["status"]["phase"] == "Succeeded"
 
 
-def test_deleted_worker_restarts_the_gang_from_its_checkpoint(
+def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(
     cluster, namespace, s3, s3_endpoint, operator, tmp_path
 ):  # fmt: skip
+    if cluster.node is None:
+        unavailable("killing a container needs the cluster's own node")
     api = Api(cluster.kubeconfig)
     store = _store(s3)
-    steps = 18  # room to delete a worker after the first checkpoint, before the end
+    steps = 18  # room to kill a worker after the first checkpoint, before the end
     job = pretrainjob("gang", "corpus", store, steps=steps)
     cluster.apply(dataset("corpus", store), job, namespace=namespace)
     selector = "lmforge.dev/name=gang,lmforge.dev/role=worker"
@@ -150,7 +154,10 @@ def test_deleted_worker_restarts_the_gang_from_its_checkpoint(
         assert (phase, step.split("/")[1], restarts) == ("Running", str(steps), "0")
         assert float(loss) > 0
         before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in children(api, namespace, "gang")["Pod"]}  # fmt: skip
-        cluster("delete", "pod", "gang-worker-1", "-n", namespace, "--wait=false")
+        # SIGKILL to worker-1's container, through containerd, as the OOM killer would.
+        worker = cluster.get("pod", "gang-worker-1", "-n", namespace)
+        (container,) = worker["status"]["containerStatuses"]
+        cluster.node.kill(container["containerID"])
 
         final = wait_phase(api, "PretrainJob", namespace, "gang", "Succeeded")
     status = final["status"]

@@ -4,6 +4,7 @@ and not, concurrent requests, and every kind of bad request answered in OpenAI's
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from lmforge.jobs.generate import Sampling, generate
+from lmforge.jobs.serve.engine import Engine
 
 from .conftest import CONTEXT, NAME
 
@@ -259,6 +261,21 @@ def test_health_readiness_and_context(serve, loaded):
     long = client(base).completions.create(model=NAME, prompt=prompt, max_tokens=100, temperature=0)
     assert long.choices[0].finish_reason == "length"
     assert long.usage.prompt_tokens + long.usage.completion_tokens <= CONTEXT
+
+
+def test_a_dead_engine_fails_both_probes(serve, monkeypatch):
+    def die(self):
+        raise SystemExit("the decoding thread ends")  # not an Exception: the loop does not catch it
+
+    monkeypatch.setattr(Engine, "_decode", die)
+    base = serve()
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    with contextlib.suppress(httpx.TimeoutException):
+        httpx.post(f"{base}/v1/completions", json={"model": NAME, "prompt": "x"}, timeout=2)
+    assert httpx.get(f"{base}/healthz").json() == {"status": "engine stopped"}
+    assert (
+        httpx.get(f"{base}/healthz").status_code == httpx.get(f"{base}/readyz").status_code == 503
+    )
 
 
 def test_lmforge_serve_command_answers_the_openai_client(model_dir, otlp):

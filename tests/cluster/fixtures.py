@@ -1,18 +1,20 @@
-"""The integration tier: a real control plane and a test node, started once per session; a fresh
-namespace per test; the CRDs; S3 that pods can reach.
+"""The cluster fixtures of the integration and e2e tiers (tests/conftest.py imports them): a
+real control plane and node (kubelet, containerd, kube-proxy, CoreDNS), started once per
+session for both tiers; a fresh namespace per test, where Pod Security "restricted" is enforced;
+the CRDs; S3 that pods can reach.
 
-LMFORGE_TEST_KUBECONFIG=<file> runs the tier against that cluster instead (kind, k3d ...): pods
+LMFORGE_TEST_KUBECONFIG=<file> runs the tiers against that cluster instead (kind, k3d ...): pods
 run on its nodes, and the tests that need S3 from a pod are skipped there.  With CI=true,
-anything that keeps the tier from running is a failure, never a skip.
+anything that keeps the tiers from running is a failure, never a skip.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -23,42 +25,42 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster import Kube, LocalCluster
+from controlplane import build, default_bin_dir, host_ip
+from node import IMAGES, TOOLS, containerd_root
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "cluster"))
-
-from cluster import Kube, LocalCluster  # noqa: E402
-from controlplane import build, default_bin_dir  # noqa: E402
-from podspec import GATEWAY  # noqa: E402
-
 CRDS = sorted((ROOT / "manifests" / "crds").glob("*.yaml"))
-S3_PORT = 9000  # where pods of the test node reach the session's S3 server
 IN_CI = os.environ.get("CI") == "true"
-NODE_TOOLS = ("setpriv", "unshare", "nsenter", "ip", "mount")
 _kept: list[Path] = []
 
 
 def unavailable(reason: str) -> None:
-    """Skip, except in CI, where the integration tier must run."""
+    """Skip, except in CI, where the cluster tiers must run."""
     if IN_CI:
-        pytest.fail(f"integration tier cannot run: {reason}", pytrace=False)
+        pytest.fail(f"the cluster tiers cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
 
 
 def _build() -> Path:
     if os.geteuid() != 0:
-        unavailable("the test node needs root (namespaces, mounts); or set LMFORGE_TEST_KUBECONFIG")
-    missing = [tool for tool in NODE_TOOLS if not shutil.which(tool)]
+        unavailable(
+            "the test node needs root (kubelet, containerd); or set LMFORGE_TEST_KUBECONFIG"
+        )
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
     if missing:
-        unavailable(f"the test node needs {missing}: apt-get install util-linux iproute2")
+        unavailable(f"the test node needs {missing}: see docs/testing.md (apt-get install ...)")
     try:
-        return build()
+        bin_dir = build()
     except (subprocess.CalledProcessError, OSError) as e:
         unavailable(
             f"tests/cluster/build.sh failed ({e}): install Go (see docs/testing.md) "
             "or set LMFORGE_TEST_KUBECONFIG"
         )
         raise
+    if not containerd_root().is_dir():
+        unavailable(f"no images in {containerd_root()} ({', '.join(IMAGES)}): run images/build.sh")
+    return bin_dir
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +71,14 @@ def cluster(request: pytest.FixtureRequest, s3_endpoint: str) -> Iterator[Kube]:
         yield Kube(Path(external), shutil.which("kubectl") or default_bin_dir() / "kubectl")
         return
     workdir = Path(tempfile.mkdtemp(prefix="lmforge-it-"))
-    s3_port = urllib.parse.urlsplit(s3_endpoint).port
-    local = LocalCluster(workdir, _build(), forwards={S3_PORT: s3_port})
+    local = LocalCluster(workdir, _build())
     try:
         local.start()
     except BaseException:
         _kept.append(workdir)
         raise
-    local.kube.pod_s3 = f"http://{GATEWAY}:{S3_PORT}"
+    # The session's S3 server listens on every address: pods reach it at this machine's.
+    local.kube.pod_s3 = f"http://{host_ip()}:{urllib.parse.urlsplit(s3_endpoint).port}"
     yield local.kube
     local.stop()
     if request.session.testsfailed:
@@ -100,7 +102,16 @@ def namespace(cluster: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new namespace, named after the test, with its default ServiceAccount."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{uuid.uuid4().hex[:5]}"
-    cluster("create", "namespace", name)
+    restricted = {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn")
+    }
+    labels = {**restricted, "lmforge.dev/test": "true"}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }
+    cluster("create", "-f", "-", input=json.dumps(namespace))
     # Pods are refused until the serviceaccount controller has made `default`.
     deadline = time.monotonic() + 30
     while cluster("get", "serviceaccount", "default", "-n", name, check=False).returncode:
@@ -141,8 +152,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     lines = [f"log: {path}" for path in kube.log_files]
     namespace = item.funcargs.get("namespace")
     if namespace:
-        if kube.node_dir:
-            lines.append(f"pods' files and logs: {kube.node_dir}/pods/{namespace}_*")
+        if kube.pod_logs:
+            lines.append(f"pods' logs: {kube.pod_logs}/{namespace}_*")
         what = "pods,jobs,services,endpointslices,configmaps,events"
         state = kube("get", what, "-n", namespace, "-o", "wide", check=False, timeout=30)
         lines.append(f"kubectl get {what} -n {namespace}:\n{state.stdout}{state.stderr}")
