@@ -89,37 +89,16 @@ GO
   log "etcd $ETCD_VERSION: built in $((SECONDS - t0))s"
 }
 
-build_helm() {
-  if [[ -x $BIN/helm ]]; then log "helm $HELM_VERSION: cached"; return; fi
-  log "helm $HELM_VERSION: building"
+# `go install <package>@<version>` as $BIN/<name>.
+build_go() {
+  local name=$1 version=$2 package=$3 ldflags=${4:-}
+  if [[ -x $BIN/$name ]]; then log "$name $version: cached"; return; fi
+  log "$name $version: building"
   local t0=$SECONDS
-  mkdir -p "$WORK/helm"
-  GOBIN=$WORK/helm go install -trimpath \
-    -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  install_from "$WORK/helm" helm
-  log "helm $HELM_VERSION: built in $((SECONDS - t0))s"
-}
-
-build_coredns() {
-  if [[ -x $BIN/coredns ]]; then log "coredns $COREDNS_VERSION: cached"; return; fi
-  log "coredns $COREDNS_VERSION: building"
-  local t0=$SECONDS
-  mkdir -p "$WORK/coredns"
-  GOBIN=$WORK/coredns go install -trimpath -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
-  install_from "$WORK/coredns" coredns
-  log "coredns $COREDNS_VERSION: built in $((SECONDS - t0))s"
-}
-
-build_registry() {
-  if [[ -x $BIN/registry ]]; then log "registry $REGISTRY_VERSION: cached"; return; fi
-  log "registry $REGISTRY_VERSION: building"
-  local t0=$SECONDS
-  mkdir -p "$WORK/registry"
-  GOBIN=$WORK/registry go install -trimpath -ldflags="-s -w" \
-    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
-  install_from "$WORK/registry" registry
-  log "registry $REGISTRY_VERSION: built in $((SECONDS - t0))s"
+  mkdir -p "$WORK/$name"
+  GOBIN=$WORK/$name go install -trimpath -ldflags="-s -w $ldflags" "$package@$version"
+  install_from "$WORK/$name" "$name"
+  log "$name $version: built in $((SECONDS - t0))s"
 }
 
 # The pod sandbox's program: kubernetes' own pause.c (in the module's build/), linked statically.
@@ -137,8 +116,9 @@ T0=$SECONDS
 build_etcd
 build_kubernetes
 build_pause
-build_coredns
-build_registry
-build_helm
+build_go coredns "$COREDNS_VERSION" github.com/coredns/coredns
+build_go registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry
+build_go helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 log "all done in $((SECONDS - T0))s"
 echo "$BIN"

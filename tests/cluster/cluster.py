@@ -11,6 +11,7 @@ it or against any cluster.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def python_pod(name: str, code: str, restart: str = "Never", **spec) -> dict:
         "name": "main",
         "image": IMAGE,
         "command": ["python", "-u", "-c", textwrap.dedent(code)],
-        "securityContext": RESTRICTED,
+        "securityContext": copy.deepcopy(RESTRICTED),
         **spec.pop("container", {}),
     }
     return {

@@ -181,13 +181,14 @@ def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(
     assert [e["step"] for e in progress if e["event"] == "step"] == list(range(resumed + 1, steps + 1))  # fmt: skip
 
     # status.step never went back to 0: every version the operator wrote, in order. It went
-    # down at most once, at the restart, to the committed step the new gang resumed from.
+    # down at most once, at the restart, and no lower than the committed step the new gang
+    # resumed from (the operator may read the resume and the next steps in one pass).
     written = [o["status"].get("step") for o in jobs.objects() if o.get("status")]
     written = [s for s in written if s is not None]
     since = next(i for i, step in enumerate(written) if step >= first["step"])
     assert written[-1] == steps and 0 not in written[since:], written
     drops = [b for a, b in itertools.pairwise(written) if b < a]
-    assert drops in ([], [resumed]), written
+    assert len(drops) <= 1 and all(resumed <= d for d in drops), written
     reasons = [e["reason"] for e in events(api, namespace, "PretrainJob", "gang")]
     assert reasons.count("Restarting") == 1 and reasons[-1] == "Succeeded", reasons
     restarting = next(
