@@ -119,6 +119,6 @@ for image in "$PAUSE" "ghcr.io/lmforge/lmforge-"{operator,trainer,serve}":$TAG";
   log "$image: in containerd in $((SECONDS - t0))s"
 done
 $DOCKER image prune --force >/dev/null   # the images the new ones replaced
-for image in "ghcr.io/lmforge/lmforge-"{operator,trainer,serve}":$TAG"; do
+for image in "$BASE" "ghcr.io/lmforge/lmforge-"{operator,trainer,serve}":$TAG"; do
   log "$image: $($DOCKER image inspect -f '{{.Size}}' "$image" | numfmt --to=iec)"
 done

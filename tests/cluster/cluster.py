@@ -102,9 +102,9 @@ class Kube:
             )
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
-        """A container's output: every run in order from the kubelet's log files (`kubectl
-        logs` gives only the current or the previous run), or the current run from `kubectl
-        logs` on another cluster."""
+        """A container's output: the runs whose log files the kubelet keeps (the last, and the
+        one before while it restarts), in order; the current run from `kubectl logs` on another
+        cluster."""
         if self.pod_logs is None:
             extra = ["-c", container] if container else []
             return self("logs", "-n", namespace, pod, *extra).stdout
