@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from controlplane import ControlPlane, build
-from node import TAG, Node
+from node import DAEMONS, TAG, Node
 
 IMAGE = f"ghcr.io/lmforge/lmforge-trainer:{TAG}"  # Python 3.11 with lmforge, UID 1000
 # What Pod Security "restricted" asks of every container.
@@ -143,9 +143,8 @@ class LocalCluster:
     @property
     def logs(self) -> list[Path]:
         planes = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-        nodes = ("containerd", "kubelet", "kube-proxy", "coredns")
         return [self.control_plane.logs / f"{name}.log" for name in planes] + [
-            self.node.logs / f"{name}.log" for name in nodes
+            self.node.logs / f"{name}.log" for name in DAEMONS
         ]
 
     def start(self) -> LocalCluster:

@@ -38,9 +38,13 @@ SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
+def cache_dir() -> Path:
+    """Where build.sh and images/build.sh keep what they build."""
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
 def default_bin_dir() -> Path:
-    cache = os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge"
-    return Path(cache) / "bin" / f"k8s-{K8S_VERSION}"
+    return cache_dir() / "bin" / f"k8s-{K8S_VERSION}"
 
 
 def build() -> Path:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from controlplane import ControlPlane, die_with_parent, free_port, host_ip
+from controlplane import ControlPlane, cache_dir, die_with_parent, free_port, host_ip
 
 NAME = "n1"
 POD_CIDR = "10.244.0.0/24"
@@ -60,10 +60,6 @@ metadata: {name: "system:coredns"}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
 """
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
 
 
 def containerd_root() -> Path:
