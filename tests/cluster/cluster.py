@@ -96,9 +96,13 @@ class Kube:
         )  # fmt: skip
         if done.returncode:
             state = self("get", "-n", namespace, what, "-o", "yaml", check=False)
+            logs = ""
+            if what.startswith("pod/"):
+                logs = self("logs", "-n", namespace, what, "--all-containers", check=False)
+                logs = f"\nlogs:\n{logs.stdout}{logs.stderr}"
             raise AssertionError(
                 f"{what} in {namespace}: not {condition} after {timeout}s: {done.stderr}\n"
-                f"{state.stdout}{state.stderr}"
+                f"{state.stdout}{state.stderr}{logs}"
             )
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
