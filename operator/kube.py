@@ -30,6 +30,12 @@ _KINDS = {
     "Deployment": ("apps", "deployment"),
     "HorizontalPodAutoscaler": ("autoscaling", "horizontal_pod_autoscaler"),
 }
+_CUSTOM_KINDS = {
+    "PodGroup.scheduling.volcano.sh": ("scheduling.volcano.sh", "v1beta1", "podgroups"),
+    "PodGroup.scheduling.x-k8s.io": ("scheduling.x-k8s.io", "v1alpha1", "podgroups"),
+    "Workload.kueue.x-k8s.io": ("kueue.x-k8s.io", "v1beta2", "workloads"),
+}
+"""Children of other projects' CRDs (render/scheduling.py): kind.group -> group, version, plural."""
 CHILD_KINDS = ("Pod", "Service", "ConfigMap")
 """What jobs own (and a finished job's TTL deletes)."""
 APPLIED = "lmforge.dev/applied"
@@ -51,6 +57,17 @@ def load_api_client() -> client.ApiClient:
 
 def _json(response: Any) -> Any:
     return json.loads(response.data)
+
+
+_CUSTOM_VERBS = {"create": "create", "read": "get", "patch": "patch", "list": "list",
+                 "delete": "delete"}  # fmt: skip
+
+
+def _kind(obj: dict[str, Any]) -> str:
+    """The key of `obj`'s kind in _KINDS or _CUSTOM_KINDS."""
+    group = obj.get("apiVersion", "v1").rpartition("/")[0]
+    key = f"{obj['kind']}.{group}"
+    return key if key in _CUSTOM_KINDS else obj["kind"]
 
 
 def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -95,8 +112,32 @@ class Kube:
     # ----- children -----
 
     def _core(self, verb: str, kind: str) -> Any:
+        """The client's method for `verb` on `kind` (a kind.group for another project's CRD),
+        taking (namespace, body) to create and (name, namespace, ...) otherwise."""
+        if kind in _CUSTOM_KINDS:
+            group, version, plural = _CUSTOM_KINDS[kind]
+            method = getattr(self.custom, f"{_CUSTOM_VERBS[verb]}_namespaced_custom_object")
+            if verb in ("create", "list"):
+                return lambda namespace, *a, **kw: method(
+                    group, version, namespace, plural, *a, **kw
+                )
+            return lambda name, namespace, *a, **kw: method(
+                group, version, namespace, plural, name, *a, **kw
+            )
         api, suffix = _KINDS[kind]
         return getattr(getattr(self, api), f"{verb}_namespaced_{suffix}")
+
+    def has_crd(self, name: str) -> bool:
+        """Whether a CustomResourceDefinition (plural.group) is installed."""
+        try:
+            client.ApiextensionsV1Api(self.core.api_client).read_custom_resource_definition(
+                name, _preload_content=False
+            )
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -117,12 +158,12 @@ class Kube:
         outcome = self.ensure(obj)
         if outcome != "exists":
             return outcome
-        existing = self.read(obj["kind"], meta["namespace"], meta["name"]) or {}
+        existing = self.read(_kind(obj), meta["namespace"], meta["name"]) or {}
         if (existing.get("metadata", {}).get("annotations") or {}).get(APPLIED) == digest:
             return "exists"
         patch = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}}
         patch |= {k: obj[k] for k in ("spec", "data") if k in obj}
-        self._core("patch", obj["kind"])(
+        self._core("patch", _kind(obj))(
             meta["name"],
             meta["namespace"],
             patch,
@@ -130,6 +171,11 @@ class Kube:
             _preload_content=False,
         )
         return "updated"
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into an object's (a pod's may change while it terminates)."""
+        patch = {"metadata": {"annotations": annotations}}
+        self._core("patch", kind)(name, namespace, patch, _preload_content=False)
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         response = self._core("list", kind)(
@@ -140,7 +186,7 @@ class Kube:
     def ensure(self, obj: dict[str, Any], update_data: bool = False) -> str:
         """Create `obj`, or leave the existing one alone: "created", "exists", "adopted" or
         "updated" (update_data: a ConfigMap whose data differs gets the new data)."""
-        kind, meta = obj["kind"], obj["metadata"]
+        kind, meta = _kind(obj), obj["metadata"]
         try:
             self._core("create", kind)(meta["namespace"], obj, _preload_content=False)
             return "created"

@@ -26,9 +26,6 @@ PREFIX = "lmforge.dev"
 for _kind, _stage in STAGES.items():
     register(_kind, server_pass if _stage.serves else job_pass)
 
-for _kind, _stage in STAGES.items():
-    register(_kind, server_pass if _stage.serves else job_pass)
-
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:

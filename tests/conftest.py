@@ -19,6 +19,7 @@ from fixtures import (  # noqa: E402, F401
     namespace,
     pytest_runtest_makereport,
     pytest_terminal_summary,
+    queue,
     s3,
 )
 

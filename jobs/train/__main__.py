@@ -29,13 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    timeout = config.collective_timeout_seconds
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     try:
         return Trainer(config).train()
     except ConfigError as error:
         if dist.get_rank() == 0:
             events.error(str(error))
         return Exit.CONFIG_ERROR
+    except RuntimeError as error:  # gloo raises on a timeout; NCCL's watchdog aborts instead
+        if "timed out" not in str(error).lower():
+            raise
+        events.error(
+            f"rank {dist.get_rank()}: a collective did not complete within"
+            f" runPolicy.collectiveTimeoutSeconds ({timeout} s): {error}"
+        )
+        return Exit.TIMED_OUT
     finally:
         dist.destroy_process_group()
 

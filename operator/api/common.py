@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from lmforge.operator.api import conditions as c
 from lmforge.operator.api.base import (
     NAME_PATTERN,
     QUANTITY_PATTERN,
@@ -63,17 +64,83 @@ class Resources(PodResources):
     )
 
 
+FailureAction = Literal["Ignore", "Count", "FailJob"]
+"""As in a batch Job's podFailurePolicy: restart without counting the failure against
+runPolicy.backoffLimit, restart and count it, or fail the run."""
+
+
+class FailurePolicy(Model):
+    """What each class of failure does. By default what the cluster did to a run (preempted,
+    evicted, its node lost) restarts it without using up its budget; what the run did itself
+    (out of memory, its code failed, it hung) counts."""
+
+    preempted: FailureAction = "Ignore"
+    """Stopped with SIGTERM by a preemption (Kueue, the scheduler), after a checkpoint."""
+    evicted: FailureAction = "Ignore"
+    """Evicted by the kubelet (node pressure) or through the eviction API (a drain)."""
+    worker_lost: FailureAction = "Ignore"
+    """A pod disappeared, or its node stopped reporting."""
+    oom_killed: FailureAction = "Count"
+    job_failed: FailureAction = "Count"
+    """The job's own code failed (a nonzero exit that is none of the above)."""
+    timed_out: FailureAction = "Count"
+    """A rendezvous, a collective or the run's progress timed out (runPolicy's timeouts)."""
+
+    def action(self, reason: str) -> FailureAction:
+        """The action for a failure of condition reason `reason`; FailJob for a reason no
+        restart can help (a configuration error, a deadline)."""
+        field = FAILURE_CLASSES.get(reason)
+        return getattr(self, field) if field else "FailJob"
+
+
+FAILURE_CLASSES = {
+    c.PREEMPTED: "preempted",
+    c.EVICTED: "evicted",
+    c.WORKER_LOST: "worker_lost",
+    c.OOM_KILLED: "oom_killed",
+    c.JOB_FAILED: "job_failed",
+    c.RENDEZVOUS_TIMEOUT: "timed_out",
+    c.COLLECTIVE_TIMEOUT: "timed_out",
+    c.PROGRESS_TIMEOUT: "timed_out",
+}
+"""Failure reason -> the field of FailurePolicy that decides it."""
+
+
+class SchedulingPolicy(Model):
+    """Where the run queues, as in Kubeflow's RunPolicy.schedulingPolicy."""
+
+    queue: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """The Kueue LocalQueue (or Volcano queue) the pods wait in, admitted all at once; the
+    resource's kueue.x-k8s.io/queue-name label does the same."""
+    priority_class: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """Kueue's WorkloadPriorityClass (Volcano: a PriorityClass); a higher one preempts lower
+    ones, which checkpoint and wait to be admitted again. Also the kueue.x-k8s.io/priority-class
+    label."""
+
+
 class RunPolicy(Model):
     """How a run is retried, bounded, cleaned up and paused (as in Kubeflow's RunPolicy)."""
 
     backoff_limit: int = Field(default=3, ge=0, le=100)
-    """Gang restarts allowed after failures before the run is Failed."""
+    """Restarts allowed after failures that count (failurePolicy) before the run is Failed; the
+    count is status.failures, which outlives the pods."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    scheduling_policy: SchedulingPolicy = Field(default_factory=SchedulingPolicy)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Wall-clock limit for the whole run, restarts included."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the child objects this long after the run finished (checkpoints are kept)."""
     suspend: bool = False
     """Stop the pods and keep checkpoints; setting it back to false resumes."""
+    rendezvous_timeout_seconds: int = Field(default=600, ge=5, le=86400)
+    """How long the workers of a multi-node gang wait for each other before the attempt fails
+    (RendezvousTimeout)."""
+    collective_timeout_seconds: int = Field(default=600, ge=5, le=86400)
+    """How long one collective (an all-reduce, a checkpoint's) may block before the attempt fails
+    (CollectiveTimeout); torch.distributed's own default is 600."""
+    progress_timeout_seconds: int | None = Field(default=None, ge=30, le=604800)
+    """Restart a running training gang that reported nothing (no step, no checkpoint) for this
+    long (ProgressTimeout); unset: never. Set it above the slowest step plus checkpoint."""
 
 
 class Storage(Model):
@@ -177,7 +244,7 @@ class Checkpoint(Model):
     time: str | None = None
 
 
-Phase = Literal["Pending", "Waiting", "Running", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Waiting", "Running", "Suspended", "Succeeded", "Failed"]
 
 
 class Status(Model):
@@ -192,6 +259,10 @@ class Status(Model):
     start_time: str | None = None
     completion_time: str | None = None
     lineage: Lineage | None = None
+    restarts: int = 0
+    """Attempts started after the first, whatever stopped the one before."""
+    failures: int = 0
+    """Failures counted against runPolicy.backoffLimit (runPolicy.failurePolicy says which)."""
 
     def wire(self) -> dict[str, Any]:
         """As written to the API: what is set, without the fields still at their defaults (no
@@ -253,6 +324,11 @@ class TrainingStatus(Status):
     tokens: int | None = None
     loss: float | None = None
     tokens_per_second: float | None = None
+    percent_complete: int | None = None
+    eta_seconds: int | None = None
+    """Estimated seconds to the last step, from the step rate measured since this attempt
+    started."""
+    eta: str | None = None
+    """eta_seconds for people (1h02m, 4m10s), for `kubectl get`."""
     validation_loss: float | None = None
-    restarts: int = 0
     last_checkpoint: Checkpoint | None = None

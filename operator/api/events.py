@@ -41,6 +41,8 @@ class Exit(IntEnum):
     """Anything unexpected: another attempt may succeed."""
     CONFIG_ERROR = 2
     """The configuration or the input cannot work (the error line says why): never retried."""
+    TIMED_OUT = 3
+    """A collective did not complete within runPolicy.collectiveTimeoutSeconds."""
     PREEMPTED = 143
     """Stopped by SIGTERM after writing a checkpoint, as a process killed by SIGTERM exits."""
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from lmforge.operator.api.base import URI_PATTERN, LocalRef, Model, Reference, Rule, immutable
 from lmforge.operator.api.common import ModelSource, TrainingStatus
-from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.resource import PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -135,7 +135,7 @@ class FineTune(Resource):
     columns: ClassVar = (
         Column("Method", ".spec.method"),
         Column("Phase", ".status.phase"),
-        Column("Step", ".status.progress"),
+        *PROGRESS,
         Column("Loss", ".status.loss", "number"),
         Column("Margin", ".status.margin", "number", priority=1),
         Column("Reward", ".status.reward", "number", priority=1),

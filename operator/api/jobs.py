@@ -49,6 +49,8 @@ class TrainConfig(Model):
     nodes: int = 1
     processes_per_node: int = 1
     endpoint_url: str | None = None
+    collective_timeout_seconds: int = 600
+    """runPolicy.collectiveTimeoutSeconds: init_process_group's timeout."""
 
     data_field: ClassVar[str]
     """The spec field the run's data comes from, for the errors that name it."""

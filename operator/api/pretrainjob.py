@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import LocalRef, Reference, immutable
 from lmforge.operator.api.common import TrainingStatus
-from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.resource import PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -29,7 +29,7 @@ class PretrainJob(Resource):
     short_names: ClassVar = ("ptj",)
     columns: ClassVar = (
         Column("Phase", ".status.phase"),
-        Column("Step", ".status.progress"),
+        *PROGRESS,
         Column("Loss", ".status.loss", "number"),
         Column("Restarts", ".status.restarts", "integer"),
         Column("Tokens/s", ".status.tokensPerSecond", "number", priority=1),

@@ -26,6 +26,14 @@ class Column(NamedTuple):
         return out
 
 
+PROGRESS = (
+    Column("Step", ".status.progress"),
+    Column("%", ".status.percentComplete", "integer"),
+    Column("ETA", ".status.eta"),
+)
+"""A training run's progress, for the people waiting on it."""
+
+
 class ObjectMeta(BaseModel):
     """The part of metav1.ObjectMeta a manifest sets; the rest is the API server's."""
 

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from lmforge.operator.api.base import Reference, immutable
 from lmforge.operator.api.common import ModelSource, TrainingStatus
 from lmforge.operator.api.finetune import Preferences
-from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.resource import PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -35,7 +35,7 @@ class RewardModel(Resource):
     short_names: ClassVar = ("rm",)
     columns: ClassVar = (
         Column("Phase", ".status.phase"),
-        Column("Step", ".status.progress"),
+        *PROGRESS,
         Column("Accuracy", ".status.accuracy", "number"),
         Column("Loss", ".status.loss", "number", priority=1),
     )

@@ -10,6 +10,7 @@ decides on a status older than the one the previous pass wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -28,10 +29,10 @@ from lmforge.operator.api.resource import Resource
 from lmforge.operator.handlers import telemetry
 from lmforge.operator.handlers.settings import SETTINGS
 from lmforge.operator.kube import Kube, OwnershipError
-from lmforge.operator.render import RENDERERS, Renderer
+from lmforge.operator.render import RENDERERS, Renderer, scheduling
 from lmforge.operator.render.names import TRACEPARENT_ANNOTATION, Owner, selector
-from lmforge.operator.render.observe import PodState, observe
-from lmforge.operator.render.pods import Rendering
+from lmforge.operator.render.observe import Admission, PodState, admission, observe
+from lmforge.operator.render.pods import Defaults, Rendering
 from lmforge.operator.render.status import (
     TERMINAL,
     Decision,
@@ -163,12 +164,37 @@ def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None)
         now=_now(),
         events=_events(api, source, owner.namespace),
         lineage=_lineage(description, resource),
+        admission=_admission(api, owner, resource, previous),
     )
     rendering = description and Rendering(
-        owner, resource, stage.role, description, SETTINGS.defaults, store, traceparent
+        owner, resource, stage.role, description, defaults(api), store, traceparent
     )
     decision = renderer.decide(observed, owner, resource, stage)
     _apply(api, obj, owner, rendering, renderer, decision)
+
+
+_found_scheduler: list[str] = []
+
+
+def defaults(api: Kube) -> Defaults:
+    """The installation's defaults, with gangScheduler auto resolved once: the first gang
+    scheduler whose PodGroup CRD is installed, else none."""
+    d = SETTINGS.defaults
+    if d.gang_scheduler != "auto":
+        return d
+    if not _found_scheduler:
+        found = [s for s, crd in scheduling.POD_GROUP_CRDS.items() if api.has_crd(crd)]
+        _found_scheduler.append(found[0] if found else "none")
+        log.info("gang scheduler: %s", _found_scheduler[0])
+    return dataclasses.replace(d, gang_scheduler=_found_scheduler[0])
+
+
+def _admission(api: Kube, owner: Owner, resource: Resource, previous: Status) -> Admission | None:
+    """Kueue's word on the pods' group, where the resource names a queue."""
+    if scheduling.queue(resource) is None or previous.phase in TERMINAL:
+        return None
+    workload = api.read(scheduling.WORKLOAD, owner.namespace, scheduling.group_name(owner))
+    return admission(workload)
 
 
 def _lineage(description: Description | None, resource: Resource) -> Lineage | None:
@@ -252,6 +278,8 @@ def _apply(
         kopf.event(obj, type=event.type, reason=event.reason, message=event.message)
         if event.reason == conditions.RESTARTING:
             telemetry.RESTARTS.add(1, {"lmforge.kind": obj["kind"]})
+    if decision.status.phase == "Failed" and status_of(obj).phase != "Failed":
+        _end_group(api, owner, parse(obj))
     for name in decision.delete:
         api.delete("Pod", owner.namespace, name, decision.grace_seconds)
     if decision.create:
@@ -261,11 +289,20 @@ def _apply(
         kopf.event(obj, type="Normal", reason="CleanedUp", message=message)
 
 
+def _end_group(api: Kube, owner: Owner, resource: Resource) -> None:
+    """A failed run's Kueue pod group: marked not to be replaced, so that Kueue finishes its
+    Workload and frees the quota (it would otherwise wait for replacement pods)."""
+    if scheduling.queue(resource) is None:
+        return
+    for pod in api.list("Pod", owner.namespace, selector(owner)):
+        api.annotate("Pod", owner.namespace, pod["metadata"]["name"], scheduling.NOT_RETRIABLE)
+
+
 def _create(api: Kube, rendering: Rendering | None, renderer: Renderer, decision: Decision) -> None:
     if rendering is None:
         log.info("not creating %s: references unresolved", ", ".join(decision.create))
         return
-    lasting, pods = renderer.children(rendering, decision.attempt)
+    lasting, pods = scheduling.together(rendering, renderer.children(rendering, decision.attempt))
     for child in lasting:  # the config follows the spec at every (re)start of the pods
         api.ensure(child, update_data=True)
     for pod in pods:

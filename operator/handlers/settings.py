@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import get_args
 
-from lmforge.operator.render.pods import Defaults
+from lmforge.operator.render.pods import Defaults, GangScheduler
 
 
 def _int(name: str, default: int) -> int:
@@ -22,6 +23,14 @@ def _float(name: str, default: float) -> float:
         return float(value) if value else default
     except ValueError as error:
         raise ValueError(f"environment {name}={value!r}: expected a number of seconds") from error
+
+
+def _choice(name: str, default: str) -> str:
+    value = os.environ.get(name) or default
+    allowed = get_args(GangScheduler)
+    if value not in allowed:
+        raise ValueError(f"environment {name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class Settings:
             ),
             service_account=env("LMFORGE_JOB_SERVICE_ACCOUNT") or None,
             otlp_endpoint=env("LMFORGE_JOB_OTLP_ENDPOINT") or None,
+            gang_scheduler=_choice("LMFORGE_GANG_SCHEDULER", Defaults.gang_scheduler),
+            scheduler_name=env("LMFORGE_SCHEDULER_NAME") or None,
         )
         return cls(
             defaults=defaults,

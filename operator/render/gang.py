@@ -2,7 +2,9 @@
 job's config as a ConfigMap; and the decision for it. The workers of one attempt succeed, fail
 and restart together. The attempt is status.restarts; every pod carries it as a label, so pods
 of an older attempt are recognised (and deleted) whatever happened between two passes, a crashed
-operator included.
+operator included. A later attempt's pods have names of their own (Kueue keeps a pod group's
+failed pods until their replacements exist) and the same hostnames, so the rendezvous address
+stays; they are created once no pod of an older attempt still runs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from lmforge.operator.render.pods import (
 )
 from lmforge.operator.render.status import (
     FAILED_PEER_GRACE_SECONDS,
+    TERMINAL,
     Decision,
     Observed,
     begin,
     preamble,
+    queued,
     retry_or_fail,
     run_state,
 )
@@ -44,8 +48,9 @@ rest to exit before the kubelet's SIGKILL."""
 CONTAINER = "trainer"
 
 
-def worker_name(name: str, index: int) -> str:
-    return f"{name}-worker-{index}"
+def worker_name(name: str, index: int, attempt: int = 0) -> str:
+    """The pod; also its hostname (attempt 0's name) in the rendezvous Service."""
+    return f"{name}-worker-{index}" + (f"-{attempt}" if attempt else "")
 
 
 def service_name(name: str) -> str:
@@ -67,7 +72,7 @@ class Gang:
     def check(self, owner: Owner, resource: PretrainJob | FineTune | RewardModel) -> None:
         """SpecError naming metadata.name when a child's name would not be a valid hostname."""
         last = worker_name(owner.name, resource.spec.resources.nodes - 1)
-        check_child_name(last, "last worker pod")
+        check_child_name(last, "last worker pod")  # a hostname: later attempts' names are longer
         check_child_name(service_name(owner.name), "rendezvous Service")
 
     def children(self, r: Rendering, attempt: int) -> Children:
@@ -81,11 +86,15 @@ class Gang:
         return [r.config_map(config_name(name)), service], pods
 
     def worker(self, r: Rendering, index: int, attempt: int) -> dict[str, Any]:
-        name = worker_name(r.owner.name, index)
+        name, hostname = worker_name(r.owner.name, index, attempt), worker_name(r.owner.name, index)
         grace = grace_seconds(r.resources, r.defaults)
         address = worker_address(r.owner, 0)
         meeting = Rendezvous(
-            index, address, RENDEZVOUS_PORT, max(1, grace - SHUTDOWN_MARGIN_SECONDS)
+            index,
+            address,
+            RENDEZVOUS_PORT,
+            max(1, grace - SHUTDOWN_MARGIN_SECONDS),
+            r.resource.spec.run_policy.rendezvous_timeout_seconds,
         )
         trainer = r.container(CONTAINER, command(r.description, CONFIG_FILE, rendezvous=meeting))
         trainer["ports"] = [{"name": RENDEZVOUS, "containerPort": RENDEZVOUS_PORT}]
@@ -101,7 +110,7 @@ class Gang:
             r.resources,
             r.defaults,
             tuple(volumes),
-            hostname=name,
+            hostname=hostname,
             subdomain=service_name(r.owner.name),
         )
 
@@ -123,14 +132,14 @@ class Gang:
             return early
         workers = [p for p in o.pods if p.role == WORKER]
         current = {p.index: p for p in workers if p.attempt == attempt and not p.terminating}
+        going = [p for p in workers if p.attempt == attempt and p.terminating]
         stale = tuple(p.name for p in workers if p.attempt != attempt and not p.terminating)
-        names = [worker_name(owner.name, i) for i in range(nodes)]
-        fault = gang_failure(current, names, status.phase)
+        names = [worker_name(owner.name, i, attempt) for i in range(nodes)]
+        fault = gang_failure(current, names, status.phase, going) or stalled(o, status)
         if fault:
             whole = tuple(p.name for p in current.values()) + stale
             grace = FAILED_PEER_GRACE_SECONDS
             if retry_or_fail(status, o, attempt, fault, f"all {nodes} workers"):
-                status.restarts = attempt + 1
                 return Decision(status, attempt + 1, delete=whole, grace_seconds=grace)
             active = tuple(p.name for p in workers if p.active)
             return Decision(status, attempt, delete=active, grace_seconds=grace)
@@ -140,24 +149,47 @@ class Gang:
         missing = tuple(n for i, n in enumerate(names) if i not in current)
         if not missing and all(p.phase in ("Running", "Succeeded") for p in current.values()):
             run_state(status, True, conditions.STARTED, f"{nodes} workers running", o.now)
-        else:
+        elif not queued(status, o, list(current.values())):
             run_state(status, False, conditions.CREATED, _waiting(current, nodes), o.now)
-        # Names are reused across attempts: create only once no older pod holds one.
-        busy = stale or any(p.terminating for p in workers)
+        # An older attempt must be over first: its workers hold the hostnames and resources.
+        older = [p for p in workers if p.attempt != attempt or p.terminating]
+        busy = stale or any(p.phase not in TERMINAL for p in older)
         return Decision(status, attempt, create=() if busy else missing, delete=stale)
 
 
 def gang_failure(
-    current: dict[int, PodState], names: list[str], phase: str | None
+    current: dict[int, PodState], names: list[str], phase: str | None, going: list[PodState]
 ) -> Failure | None:
-    """The first failed worker, or the first missing one once the gang had started."""
+    """The first failed worker, or one of this attempt that someone else is deleting (Kueue's
+    preemption, a drain), or the first missing one once the gang had started."""
     for index in sorted(current):
         found = failure(current[index])
         if found:
             return found
+    for leaving in going:
+        if leaving.disrupted or leaving.phase == "Failed":
+            preempted = f"{leaving.name} was preempted (stopped with SIGTERM)"
+            return failure(leaving) or Failure(conditions.PREEMPTED, preempted, True)
     started = phase == "Running" or any(p.phase != "Pending" for p in current.values())
     missing = [name for i, name in enumerate(names) if i not in current]
     return lost(missing[0]) if started and missing else None
+
+
+def stalled(o: Observed, status: TrainingStatus) -> Failure | None:
+    """A running gang whose rank 0 reported nothing for runPolicy.progressTimeoutSeconds: hung
+    somewhere no timeout of its own catches (a deadlock, storage that never answers)."""
+    limit = o.run_policy.progress_timeout_seconds
+    times = [e["time"] for e in o.events if isinstance(e.get("time"), int | float)]
+    if not limit or status.phase != "Running" or not times:
+        return None
+    quiet = int(o.now.timestamp() - max(times))
+    if quiet < limit:
+        return None
+    message = (
+        f"no progress reported for {quiet} s (last at step {status.step}), longer than"
+        f" runPolicy.progressTimeoutSeconds ({limit})"
+    )
+    return Failure(conditions.PROGRESS_TIMEOUT, message, True)
 
 
 def _waiting(current: dict[int, PodState], nodes: int) -> str:

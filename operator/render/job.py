@@ -2,8 +2,8 @@
 while the main one does (a Dataset's Ray workers, render/dataset.py); and the decision for it.
 
 Each attempt's main pod has its own name (`<name>-<role>-<attempt>`), and a failed one is kept
-with its logs, as a batch Job keeps them; the attempt number is the highest one among the main
-pods.
+with its logs, as a batch Job keeps them; the attempt is status.restarts (or a newer main pod's,
+for a status written before restarts were recorded).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lmforge.operator.render.status import (
     Observed,
     begin,
     preamble,
+    queued,
     retry_or_fail,
     run_state,
 )
@@ -65,7 +66,7 @@ class Job:
         status = begin(o)
         role = stage.role
         mains = {p.attempt: p for p in o.pods if p.role == role}
-        attempt = max(mains, default=0)
+        attempt = max(max(mains, default=0), status.restarts)
         early = preamble(status, o, attempt)
         if early:
             return early
@@ -85,7 +86,7 @@ class Job:
             return Decision(status, attempt, delete=tuple(p.name for p in helpers if p.active))
         if main is not None and main.phase == "Running":
             run_state(status, True, conditions.STARTED, f"{main.name} running", o.now)
-        else:
+        elif not queued(status, o, [p for p in o.pods if p.attempt == attempt and p.active]):
             waiting = main.waiting if main and main.waiting else "creating"
             run_state(status, False, conditions.CREATED, f"{names[0]}: {waiting}", o.now)
         present = {p.name for p in o.pods}

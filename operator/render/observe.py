@@ -3,7 +3,8 @@
 torchrun exits 1 whatever its worker exited with; the worker's own code is in torchrun's failure
 summary, which FallbackToLogsOnError puts into the termination message. What the codes mean is
 the jobs' protocol (operator/api/events.py): 2 a configuration error, which retrying cannot help;
-143 a checkpoint written after SIGTERM.
+3 a collective that timed out; 143 a checkpoint written after SIGTERM. A rendezvous that timed
+out is torchrun's own error, recognised in its log.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from lmforge.operator.api.events import Exit, last_error
 from lmforge.operator.render.names import ATTEMPT, INDEX, ROLE
 
 _ROOT_CAUSE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_RENDEZVOUS = re.compile(r"Dist(?:Store|Network)Error: (.*timed out.*)", re.IGNORECASE)
+"""torchrun's static rendezvous (a TCPStore) giving up on the other nodes, or on the first."""
+_NCCL_WATCHDOG = "Watchdog caught collective operation timeout"
+"""NCCL aborts the process on a collective timeout instead of raising."""
 _PREEMPTION = {
     "Preempted",
     "PreemptionByScheduler",
@@ -42,7 +47,10 @@ class PodState:
     waiting: str = ""
     """Why a container is not running yet (ImagePullBackOff: ...), if it says."""
     disrupted: bool = False
-    """A DisruptionTarget condition: preempted, evicted or its node is going away."""
+    """A DisruptionTarget condition (preempted, evicted, its node going away) or Kueue's
+    TerminationTarget (its Workload was evicted)."""
+    gated: bool = False
+    """Held by a scheduling gate (Kueue's, until its pod group is admitted)."""
 
     @property
     def active(self) -> bool:
@@ -65,7 +73,8 @@ def observe(pod: dict[str, Any]) -> PodState:
     state = _container(status).get("state") or {}
     terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
     disrupted = any(
-        cond.get("type") == "DisruptionTarget" and cond.get("status") == "True"
+        cond.get("type") in ("DisruptionTarget", "TerminationTarget")
+        and cond.get("status") == "True"
         for cond in status.get("conditions") or []
     )
     waiting_text = ": ".join(filter(None, (waiting.get("reason"), waiting.get("message"))))
@@ -81,7 +90,27 @@ def observe(pod: dict[str, Any]) -> PodState:
         message=terminated.get("message") or status.get("message") or "",
         waiting="" if waiting.get("reason") == "ContainerCreating" else waiting_text,
         disrupted=disrupted,
+        gated=bool((pod.get("spec") or {}).get("schedulingGates")),
     )
+
+
+class Admission(NamedTuple):
+    """Where a Kueue pod group's Workload stands."""
+
+    admitted: bool
+    reason: str
+    message: str
+
+
+def admission(workload: dict[str, Any] | None) -> Admission:
+    """Kueue's word on a pod group: its Workload's QuotaReserved condition (or, before Kueue
+    made one, that it waits for the whole group)."""
+    found = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions", [])}
+    reserved = found.get("QuotaReserved")
+    if reserved is None:
+        return Admission(False, "WaitingForPods", "Kueue has not made the pod group's Workload yet")
+    ok = reserved.get("status") == "True"
+    return Admission(ok, reserved.get("reason", ""), reserved.get("message", ""))
 
 
 class Failure(NamedTuple):
@@ -123,6 +152,16 @@ def failure(pod: PodState) -> Failure | None:
         return Failure(
             conditions.DEADLINE_EXCEEDED, f"{pod.name}: {pod.message}".rstrip(": "), False
         )
+    rendezvous = _RENDEZVOUS.search(pod.message)
+    if rendezvous:
+        message = (
+            f"{pod.name}: the gang's workers did not all meet within"
+            f" runPolicy.rendezvousTimeoutSeconds: {rendezvous.group(1).strip()}"
+        )
+        return Failure(conditions.RENDEZVOUS_TIMEOUT, message, True)
+    if code == Exit.TIMED_OUT or _NCCL_WATCHDOG in pod.message:
+        message = f"{pod.name}: a collective timed out{_last_error(pod)}"
+        return Failure(conditions.COLLECTIVE_TIMEOUT, message, True)
     if code == Exit.CONFIG_ERROR:
         return Failure(
             conditions.CONFIG_ERROR, f"{pod.name}: configuration error{_last_error(pod)}", False

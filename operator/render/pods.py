@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lmforge.operator.api.common import PodResources
 from lmforge.operator.api.resource import Resource
 from lmforge.operator.render.names import Owner, labels, metadata
 from lmforge.operator.render.overlay import merge_pod_template
 from lmforge.operator.stages.base import Description, Store
+
+GangScheduler = Literal["auto", "none", "volcano", "coscheduling"]
+"""Which PodGroup the pods of an attempt get (render/scheduling.py); Kueue needs none. auto:
+whichever one's CRD the operator finds at startup (handlers/reconcile.py resolves it)."""
 
 CONFIG_DIR = "/etc/lmforge"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -33,6 +37,9 @@ class Defaults:
     service_account: str | None = None
     otlp_endpoint: str | None = None
     """Passed to job pods as OTEL_EXPORTER_OTLP_ENDPOINT (the trainer exports metrics there)."""
+    gang_scheduler: GangScheduler = "auto"
+    scheduler_name: str | None = None
+    """The pods' schedulerName with a gang scheduler, if not its usual one."""
 
     @property
     def store(self) -> Store:

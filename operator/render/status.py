@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lmforge.operator.api import conditions
-from lmforge.operator.api.common import Lineage, RunPolicy, Status, parse_time, timestamp
-from lmforge.operator.render.observe import Failure, PodState
+from lmforge.operator.api.common import (
+    FAILURE_CLASSES,
+    Lineage,
+    RunPolicy,
+    Status,
+    parse_time,
+    timestamp,
+)
+from lmforge.operator.render.observe import Admission, Failure, PodState
 from lmforge.operator.stages.inputs import Dependencies
 
 TERMINAL = ("Succeeded", "Failed")
@@ -38,6 +45,8 @@ class Observed:
     """Events read from the pod that reports them, oldest first."""
     lineage: Lineage | None = None
     """Inputs, outputs and image as described; recorded once the references resolved."""
+    admission: Admission | None = None
+    """Kueue's word on the pods' group; None when the resource names no queue."""
 
 
 @dataclass
@@ -66,6 +75,21 @@ def run_state(
 ) -> None:
     status.phase = "Running" if running else "Pending"
     status.set_condition(conditions.RUNNING, running, reason, message, now)
+    if status.is_true(conditions.QUEUED):
+        status.set_condition(conditions.QUEUED, False, conditions.ADMITTED, "", now)
+
+
+def queued(status: Status, o: Observed, pods: list[PodState]) -> bool:
+    """Pods of the attempt that Kueue still gates: phase Queued with Kueue's reason and
+    message (`insufficient quota ...`); True when that is where the attempt stands."""
+    if o.admission is None or o.admission.admitted or not any(p.gated for p in pods):
+        return False
+    reason, message = o.admission.reason or conditions.QUEUED, o.admission.message
+    status.phase = "Queued"
+    status.set_condition(conditions.QUEUED, True, reason, message, o.now)
+    waiting = f"waiting in queue for admission: {message}".rstrip(": ")
+    status.set_condition(conditions.RUNNING, False, conditions.QUEUED, waiting, o.now)
+    return True
 
 
 def ttl_expired(status: Status, policy: RunPolicy, now: datetime.datetime) -> bool:
@@ -142,21 +166,35 @@ def preamble(status: Status, o: Observed, attempt: int) -> Decision | None:
 
 
 def retry_or_fail(status: Status, o: Observed, attempt: int, fault: Failure, what: str) -> bool:
-    """Record a failure of attempt `attempt`; True when another attempt should start."""
-    limit = o.run_policy.backoff_limit
-    if not fault.retryable:
+    """Record a failure of attempt `attempt` as runPolicy.failurePolicy says; True when attempt
+    `attempt + 1` should start (status.restarts says so from here on)."""
+    policy = o.run_policy
+    action = policy.failure_policy.action(fault.reason) if fault.retryable else "FailJob"
+    if action == "FailJob":
         status.fail(fault.reason, fault.message, o.now)
         return False
-    if attempt >= limit:
-        message = (
-            f"{fault.message}; {what} was restarted {attempt} times, the limit in"
-            f" runPolicy.backoffLimit"
-        )
-        status.fail(conditions.BACKOFF_LIMIT_EXCEEDED, message, o.now)
-        return False
-    message = f"{fault.message}: restarting {what} ({attempt + 1} of {limit})"
+    if action == "Count":
+        status.failures += 1
+        if status.failures > policy.backoff_limit:
+            message = (
+                f"{fault.message}; {what} failed {status.failures} times, more than"
+                f" runPolicy.backoffLimit ({policy.backoff_limit}) allows"
+            )
+            status.fail(conditions.BACKOFF_LIMIT_EXCEEDED, message, o.now)
+            return False
+        counted = f"failure {status.failures} of {policy.backoff_limit} allowed"
+    else:
+        counted = f"not counted: runPolicy.failurePolicy.{_policy_field(fault.reason)} is Ignore"
+    message = f"{fault.message}: restarting {what} ({counted})"
     run_state(status, False, conditions.RESTARTING, message, o.now)
+    status.restarts = attempt + 1
     return True
+
+
+def _policy_field(reason: str) -> str:
+    snake = FAILURE_CLASSES[reason]
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 class Event(NamedTuple):
@@ -176,6 +214,7 @@ def _phase_event(new: Status) -> Event | None:
         "Succeeded": conditions.SUCCEEDED,
         "Waiting": conditions.WAITING,
         "Suspended": conditions.SUSPENDED,
+        "Queued": conditions.QUEUED,
     }
     found = new.condition(types.get(new.phase, conditions.RUNNING))
     if not found:
@@ -187,7 +226,7 @@ def _restarted(old: Status, new: Status) -> bool:
     running, before = new.condition(conditions.RUNNING), old.condition(conditions.RUNNING)
     if running is None or running.reason != conditions.RESTARTING:
         return False
-    restarts = getattr(new, "restarts", 0) > getattr(old, "restarts", 0)
+    restarts = new.restarts > old.restarts
     return before is None or before.reason != conditions.RESTARTING or restarts
 
 

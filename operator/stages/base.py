@@ -62,6 +62,8 @@ class Rendezvous(NamedTuple):
     port: int
     shutdown_seconds: int
     """How long torchrun gives its workers after SIGTERM before it kills them."""
+    timeout_seconds: int = 600
+    """How long the nodes wait for each other (runPolicy.rendezvousTimeoutSeconds)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def command(
         "--rdzv-backend=static",
         f"--master-addr={rendezvous.address}",
         f"--master-port={rendezvous.port}",
+        f"--rdzv-conf=timeout={rendezvous.timeout_seconds}",
         "--max-restarts=0",
         f"--shutdown-timeout={rendezvous.shutdown_seconds}",
         *job,

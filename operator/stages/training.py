@@ -43,6 +43,7 @@ class TrainingStage(Stage):
                 _position(status, event.get("step", 0), event.get("totalSteps"))
             elif kind == CHECKPOINT:
                 _checkpoint(status, event)
+        _estimate(status, events)
 
     def _describe(self, job, reads: dict[str, Artifact], config: TrainConfig) -> Description:
         lineage = Lineage(
@@ -61,6 +62,36 @@ def _position(status: TrainingStatus, step: int, total: int | None) -> None:
         status.total_steps = total
     if status.total_steps:
         status.progress = f"{step}/{status.total_steps}"
+
+
+def _estimate(status: TrainingStatus, events: list[dict[str, Any]]) -> None:
+    """Percent complete, and the seconds left at the step rate measured over the steps this
+    attempt reported (a restart's loading time is not a step's)."""
+    if not status.total_steps or status.step is None:
+        return
+    status.percent_complete = min(100, status.step * 100 // status.total_steps)
+    starts = [i for i, e in enumerate(events) if e.get("event") in (START, RESUME)]
+    steps = [e for e in events[starts[-1] if starts else 0 :] if e.get("event") == STEP]
+    left = status.total_steps - status.step
+    if left <= 0:
+        status.eta_seconds, status.eta = 0, "0s"
+        return
+    if len(steps) < 2 or steps[0].get("time") is None or steps[-1].get("time") is None:
+        return
+    seconds = steps[-1]["time"] - steps[0]["time"]
+    done = steps[-1]["step"] - steps[0]["step"]
+    if seconds > 0 and done > 0:
+        status.eta_seconds = round(left * seconds / done)
+        status.eta = _duration(status.eta_seconds)
+
+
+def _duration(seconds: int) -> str:
+    """1h02m, 4m10s, 9s: as kubectl writes an age."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _validation(status: TrainingStatus, event: dict[str, Any]) -> None:
@@ -93,6 +124,7 @@ def _run(job: PretrainJob | FineTune | RewardModel, store: Store) -> dict[str, A
         "nodes": spec.resources.nodes,
         "processes_per_node": spec.resources.processes_per_node,
         "endpoint_url": store.endpoint_url,
+        "collective_timeout_seconds": spec.run_policy.collective_timeout_seconds,
     }
 
 

@@ -14,6 +14,7 @@ ETCD_VERSION=v3.6.16         # go.etcd.io/etcd/server/v3
 HELM_VERSION=v3.19.0         # helm.sh/helm/v3
 COREDNS_VERSION=v1.14.7      # github.com/coredns/coredns (its client-go is v0.35)
 REGISTRY_VERSION=v3.1.2      # github.com/distribution/distribution/v3 (the registry)
+KUEUE_VERSION=v0.17.0        # sigs.k8s.io/kueue
 
 CACHE=${LMFORGE_CACHE:-$HOME/.cache/lmforge}
 BIN=$CACHE/bin/k8s-$K8S_VERSION
@@ -112,6 +113,22 @@ build_pause() {
   log "pause: built"
 }
 
+# Kueue's binary, and the manifests tests/cluster/kueue.py applies (its CRDs and webhook
+# configurations) from the same module, so that the cache alone starts it.
+build_kueue() {
+  build_go kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  local out=$BIN/kueue-manifests
+  if [[ -f $out/webhook.yaml ]]; then log "kueue manifests: cached"; return; fi
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$WORK/kueue-manifests/crds"
+  cp "$dir"/config/components/crd/bases/*.yaml "$WORK/kueue-manifests/crds/"
+  cp "$dir/config/components/webhook/manifests.yaml" "$WORK/kueue-manifests/webhook.yaml"
+  rm -rf "$out" && mv "$WORK/kueue-manifests" "$out"
+  log "kueue manifests: copied"
+}
+
 T0=$SECONDS
 build_etcd
 build_kubernetes
@@ -120,5 +137,6 @@ build_go coredns "$COREDNS_VERSION" github.com/coredns/coredns
 build_go registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry
 build_go helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_kueue
 log "all done in $((SECONDS - T0))s"
 echo "$BIN"

@@ -84,6 +84,26 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
+def spawn(command: list[str], log: Path) -> subprocess.Popen:
+    """Start a daemon of the test cluster in its own session, its output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent,
+        )  # fmt: skip
+
+
+def terminate(p: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the daemon's process group, and SIGKILL it after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(wait)
+            return
+
+
 class ControlPlane:
     def __init__(self, workdir: str | os.PathLike, bin_dir: str | os.PathLike | None = None):
         self.workdir = Path(workdir).resolve()
@@ -256,16 +276,7 @@ class ControlPlane:
 
     # -- processes --------------------------------------------------------
     def _spawn(self, name: str, *args: str) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.procs[name] = spawn([str(self.bin_dir / name), *args], self.logs / f"{name}.log")
 
     def _get(self, path: str, ctx: ssl.SSLContext) -> int:
         try:
@@ -385,15 +396,7 @@ class ControlPlane:
 
     def stop(self, grace: float = 10) -> None:
         for name in reversed(list(self.procs)):
-            p = self.procs[name]
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, sig)
-                try:
-                    p.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            terminate(self.procs[name], grace)
         self.procs.clear()
 
     def __enter__(self) -> ControlPlane:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 from cluster import Kube, LocalCluster
 from controlplane import build, default_bin_dir, host_ip
+from kueue import API_VERSION, NAMESPACE_LABEL
 from node import IMAGES, TOOLS, containerd_root
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +120,47 @@ def namespace(cluster: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
         time.sleep(0.2)
     yield name
     cluster("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def queue(cluster: Kube, namespace: str) -> Iterator[str]:
+    """The Kueue LocalQueue `queue` in the test's namespace (labelled so that Kueue manages its
+    pods), on a ClusterQueue of 1 CPU and 4Gi that preempts lower priorities, and the
+    WorkloadPriorityClasses `<namespace>-low` (100) and `<namespace>-high` (1000); all named
+    after the namespace."""
+    if cluster.node is None:
+        unavailable("Kueue runs in the session's own cluster only")
+    cluster("label", "namespace", namespace, "=".join(NAMESPACE_LABEL))
+    flavor = {"apiVersion": API_VERSION, "kind": "ResourceFlavor", "metadata": {"name": namespace}}
+    quota = {"name": namespace, "resources": [{"name": "cpu", "nominalQuota": "1"},
+                                              {"name": "memory", "nominalQuota": "4Gi"}]}  # fmt: skip
+    cluster_queue = {
+        "apiVersion": API_VERSION,
+        "kind": "ClusterQueue",
+        "metadata": {"name": namespace},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [quota]}],
+            "preemption": {"withinClusterQueue": "LowerPriority"},
+        },
+    }
+    local_queue = {
+        "apiVersion": API_VERSION,
+        "kind": "LocalQueue",
+        "metadata": {"name": "queue"},
+        "spec": {"clusterQueue": namespace},
+    }
+    priorities = [
+        {"apiVersion": API_VERSION, "kind": "WorkloadPriorityClass",
+         "metadata": {"name": f"{namespace}-{name}"}, "value": value}
+        for name, value in (("low", 100), ("high", 1000))
+    ]  # fmt: skip
+    cluster.apply(flavor, cluster_queue, local_queue, *priorities, namespace=namespace)
+    yield "queue"
+    # Kueue's finalizers hold them until the namespace's Workloads are gone.
+    cluster("delete", "clusterqueue,resourceflavor", namespace, "--wait=false")
+    names = [p["metadata"]["name"] for p in priorities]
+    cluster("delete", "workloadpriorityclass", *names, "--wait=false")
 
 
 @dataclass

@@ -20,13 +20,12 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
-from controlplane import ControlPlane, cache_dir, die_with_parent, free_port, host_ip
+from controlplane import ControlPlane, cache_dir, free_port, host_ip, spawn, terminate
 
 NAME = "n1"
 POD_CIDR = "10.244.0.0/24"
@@ -243,13 +242,8 @@ state = "{state / "state"}"
 
     # -- processes --------------------------------------------------------
     def _spawn(self, name: str, *args: str | Path, binary: Path | None = None) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [str(binary or self.bin_dir / name), *map(str, args)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
+        command = [str(binary or self.bin_dir / name), *map(str, args)]
+        self.procs[name] = spawn(command, self.logs / f"{name}.log")
 
     def _wait(self, what: str, check, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -334,16 +328,10 @@ state = "{state / "state"}"
             os.close(self._lock)
             self._lock = None
 
-    def _terminate(self, name: str, grace: float = 10) -> None:
+    def _terminate(self, name: str) -> None:
         p = self.procs.pop(name, None)
-        if p is None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(wait)
-                return
+        if p is not None:
+            terminate(p)
 
     def kill(self, container_id: str) -> None:
         """SIGKILL a container (a pod status's containerID, containerd://<id>)."""

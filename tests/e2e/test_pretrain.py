@@ -78,9 +78,16 @@ def test_dataset_and_pretrainjob_succeed(cluster, namespace, s3, s3_endpoint, op
 
     # kubectl get shows them.
     table = cluster("get", "pretrainjobs", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "STEP", "LOSS", "RESTARTS", "AGE"]
-    name, phase, step, loss, restarts, _ = table[1].split()
-    assert (name, phase, step, restarts) == ("tiny", "Succeeded", "12/12", "0")
+    assert table[0].split() == ["NAME", "PHASE", "STEP", "%", "ETA", "LOSS", "RESTARTS", "AGE"]
+    name, phase, step, percent, eta, loss, restarts, _ = table[1].split()
+    assert (name, phase, step, percent, eta, restarts) == (
+        "tiny",
+        "Succeeded",
+        "12/12",
+        "100",
+        "0s",
+        "0",
+    )
     assert float(loss) == status["loss"]
     assert "Succeeded" in cluster("get", "lmforge", "-n", namespace).stdout
 
@@ -141,18 +148,19 @@ def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(
 
         first = wait_for("a checkpoint in gang-worker-0's log", checkpointed, TRAIN_SECONDS)
 
-        def shown() -> list[str] | None:  # kubectl get: NAME PHASE STEP LOSS RESTARTS AGE
+        def shown() -> list[str] | None:  # kubectl get: NAME PHASE STEP % ETA LOSS RESTARTS AGE
             row = cluster("get", "pretrainjob", "gang", "-n", namespace, "--no-headers").stdout
-            if len(row.split()) != 6:  # no step and loss yet
+            if len(row.split()) != 8:  # no step, estimate and loss yet
                 return None
-            _, phase, step, loss, restarts, _ = row.split()
-            return (
-                [phase, step, loss, restarts] if int(step.split("/")[0]) >= first["step"] else None
-            )
+            _, phase, step, percent, eta, loss, restarts, _ = row.split()
+            if int(step.split("/")[0]) < first["step"]:
+                return None
+            return [phase, step, percent, eta, loss, restarts]
 
-        phase, step, loss, restarts = wait_for("the step in kubectl get", shown, 30)
+        phase, step, percent, eta, loss, restarts = wait_for("the step in kubectl get", shown, 30)
         assert (phase, step.split("/")[1], restarts) == ("Running", str(steps), "0")
-        assert float(loss) > 0
+        assert float(loss) > 0 and int(percent) == int(step.split("/")[0]) * 100 // steps
+        assert re.fullmatch(r"\d+s|\d+m\d\ds", eta), eta
         before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in children(api, namespace, "gang")["Pod"]}  # fmt: skip
         # SIGKILL to worker-1's container, through containerd, as the OOM killer would.
         worker = cluster.get("pod", "gang-worker-1", "-n", namespace)
@@ -166,14 +174,17 @@ def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(
 
     # The whole gang was recreated: two new pods of attempt 1, none of attempt 0 left.
     now = children(api, namespace, "gang")["Pod"]
-    assert sorted(p["metadata"]["name"] for p in now) == ["gang-worker-0", "gang-worker-1"]
+    assert sorted(p["metadata"]["name"] for p in now) == ["gang-worker-0-1", "gang-worker-1-1"]
     assert all(p["metadata"]["labels"]["lmforge.dev/attempt"] == "1" for p in now)
+    assert {p["spec"]["hostname"] for p in now} == {"gang-worker-0", "gang-worker-1"}
     assert not {p["metadata"]["uid"] for p in now} & set(before.values())
     uids = pods.uids()
-    assert {name: len(seen) for name, seen in uids.items()} == {"gang-worker-0": 2, "gang-worker-1": 2}  # fmt: skip
+    assert {name: len(seen) for name, seen in uids.items()} == dict.fromkeys(
+        ["gang-worker-0", "gang-worker-1", "gang-worker-0-1", "gang-worker-1-1"], 1
+    )
 
     # The new worker-0 resumed from a committed checkpoint, not from step 0.
-    progress = _progress(cluster("logs", "-n", namespace, "gang-worker-0").stdout)
+    progress = _progress(cluster("logs", "-n", namespace, "gang-worker-0-1").stdout)
     assert progress[0]["event"] == "resume", progress[:3]
     resumed = progress[0]["step"]
     assert resumed >= first["step"] > 0
@@ -195,7 +206,7 @@ def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(
         e["message"] for e in events(api, namespace, "PretrainJob", "gang")
         if e["reason"] == "Restarting"
     )  # fmt: skip
-    assert "gang-worker-1" in restarting and "(1 of 2)" in restarting
+    assert "gang-worker-1" in restarting and "(failure 1 of 2 allowed)" in restarting
 
     # The result equals an uninterrupted run's: the gang's own config run here in one go, two
     # processes on one host instead of two pods of one (the same ranks, the same arithmetic).
@@ -280,7 +291,8 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(cluster, namespace, 
 
     # Every pod that ever existed: one Dataset pod and two gangs of two, each pod created once.
     created = {name: len(seen) for name, seen in pods.uids().items()}
-    assert created == {"corpus-data-0": 1, "tiny-worker-0": 2, "tiny-worker-1": 2}, killed
+    gangs = ["tiny-worker-0", "tiny-worker-1", "tiny-worker-0-1", "tiny-worker-1-1"]
+    assert created == {"corpus-data-0": 1} | dict.fromkeys(gangs, 1), killed
     assert final["status"]["restarts"] == 1 and final["status"]["step"] == steps
     owners = {
         kind: read(api, kind, namespace, name)["metadata"]["uid"]

@@ -78,6 +78,14 @@ app.kubernetes.io/component: operator
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
+  # A training gang's PodGroup, where Volcano or the coscheduling plugin is installed.
+  resources: ["podgroups"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  # Why a queued gang waits: the conditions of its pod group's Workload.
+  resources: ["workloads"]
+  verbs: ["get", "list"]
 - apiGroups: [""]
   # Only to check that a storage Secret exists before pods that need it are created.
   resources: ["secrets"]

@@ -4,11 +4,15 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import fsspec
 import numpy as np
+import psutil
 
 from lmforge.jobs.data.reader import ShardReader
+from lmforge.operator.api import conditions
+from lmforge.operator.render.observe import PodState, failure
 
 from .conftest import config, events, train
 
@@ -64,3 +68,25 @@ def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):
     received = b"".join(bodies)
     for name in (b"lmforge.train.loss", b"lmforge.train.tokens_per_second", b"lmforge-trainer"):
         assert name in received
+
+
+def test_a_hung_rank_fails_the_run_naming_the_collective_timeout(tmp_path, dataset):
+    """Rank 1 stops (SIGSTOP) mid-run: rank 0's next collective gives up after
+    collectiveTimeoutSeconds and the run exits as the operator recognises."""
+    cfg = {**config(tmp_path, dataset, steps=200), "collectiveTimeoutSeconds": 5}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", "-m", "lmforge.jobs.train",
+               "--config", str(tmp_path / "config.json")]  # fmt: skip
+    with open(tmp_path / "stdout.log", "w") as out:
+        agent = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True)
+        while not events(tmp_path, "step") and agent.poll() is None:
+            time.sleep(0.05)
+        ranks = psutil.Process(agent.pid).children()
+        (hung,) = [p for p in ranks if p.environ().get("RANK") == "1"]
+        hung.suspend()
+        _, stderr = agent.communicate(timeout=120)
+    assert agent.returncode == 1 and events(tmp_path, "step")[-1]["step"] < 200
+    found = failure(PodState("w-0", "worker", 0, 0, "Failed", exit_code=1, message=stderr[-4000:]))
+    assert found.reason == conditions.COLLECTIVE_TIMEOUT, stderr[-2000:]
+    assert "within runPolicy.collectiveTimeoutSeconds (5 s)" in found.message

@@ -30,4 +30,4 @@ def test_the_last_error_line_is_the_reason(capsys):
 
 
 def test_exit_statuses_are_what_shells_see():
-    assert [int(e) for e in events.Exit] == [0, 1, 2, 143]
+    assert [int(e) for e in events.Exit] == [0, 1, 2, 3, 143]

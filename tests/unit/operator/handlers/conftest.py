@@ -36,6 +36,7 @@ class FakeKube:
         self.objects = {}  # (kind or plural, namespace, name) -> object
         self.logs = {}  # pod name -> log text
         self.secrets = set()
+        self.crds = set()
         self.status_patches = []
         self.deleted = []
 
@@ -117,6 +118,16 @@ class FakeKube:
     def secret_exists(self, namespace, name):
         return name in self.secrets
 
+    def read(self, kind, namespace, name):
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    def annotate(self, kind, namespace, name, annotations):
+        meta = self.objects[(kind, namespace, name)]["metadata"]
+        meta["annotations"] = {**meta.get("annotations", {}), **annotations}
+
+    def has_crd(self, name):
+        return name in self.crds
+
 
 @pytest.fixture
 def cluster(monkeypatch):
@@ -124,6 +135,7 @@ def cluster(monkeypatch):
     reconcile.use(fake)
     settings = Settings(defaults=Defaults(image="img:test"))
     monkeypatch.setattr(reconcile, "SETTINGS", settings)
+    monkeypatch.setattr(reconcile, "_found_scheduler", [])  # gangScheduler auto: looked up anew
     yield fake
     reconcile.use(None)
 

@@ -135,26 +135,79 @@ def test_pretrainjob_lifecycle(cluster, events):
     run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert status["phase"] == "Succeeded" and condition(status, "Succeeded")["status"] == "True"
-    assert job["metadata"]["uid"] == pods["tiny-worker-0"]["metadata"]["ownerReferences"][0]["uid"]
+    assert (
+        job["metadata"]["uid"] == pods["tiny-worker-0-1"]["metadata"]["ownerReferences"][0]["uid"]
+    )
 
 
 def test_restarts_stop_at_the_backoff_limit(cluster, events):
     cluster.add(DATASET, status=BUILT)
     cluster.secrets.add("creds")
     cluster.add(
-        PRETRAIN, status={"phase": "Pending", "restarts": 1, "startTime": "2026-01-01T00:00:00Z"}
+        PRETRAIN,
+        status={
+            "phase": "Pending",
+            "restarts": 1,
+            "failures": 1,
+            "startTime": "2026-01-01T00:00:00Z",
+        },
     )
     run("PretrainJob", "tiny")  # creates attempt 1
-    cluster.set_pod("tiny-worker-0", "Running", running={})
-    cluster.set_pod("tiny-worker-1", "Failed", terminated={"exitCode": 1, "reason": "Error"})
+    cluster.set_pod("tiny-worker-0-1", "Running", running={})
+    cluster.set_pod("tiny-worker-1-1", "Failed", terminated={"exitCode": 1, "reason": "Error"})
     run("PretrainJob", "tiny")
     status = cluster.status("pretrainjobs", "tiny")
     assert (
         status["phase"] == "Failed"
         and condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
     )
-    assert list(cluster.pods()) == ["tiny-worker-1"]  # the failed one is kept for its logs
+    assert list(cluster.pods()) == ["tiny-worker-1-1"]  # the failed one is kept for its logs
     assert events[-1][1:3] == ("Warning", "BackoffLimitExceeded")
+
+
+def test_a_gang_gets_a_pod_group_where_volcano_is_installed(cluster, events):
+    cluster.crds.add("podgroups.scheduling.volcano.sh")
+    cluster.add(DATASET, status=BUILT)
+    cluster.secrets.add("creds")
+    cluster.add(PRETRAIN)
+    run("PretrainJob", "tiny")
+    group = cluster.objects[("PodGroup", "team-a", "tiny")]
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["spec"]["minMember"] == 2
+    assert {p["spec"]["schedulerName"] for p in cluster.pods().values()} == {"volcano"}
+
+
+QUEUED = PRETRAIN.replace("backoffLimit: 1}", "backoffLimit: 1, schedulingPolicy: {queue: q}}")
+PENDING = {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                           "message": "couldn't assign flavors: insufficient quota for cpu"}]}  # fmt: skip
+
+
+def test_a_queued_gang_says_why_and_a_failed_one_frees_its_quota(cluster, events):
+    cluster.add(DATASET, status=BUILT)
+    cluster.secrets.add("creds")
+    cluster.add(QUEUED, status={"phase": "Pending", "restarts": 1, "failures": 1})
+    run("PretrainJob", "tiny")
+    pods = cluster.pods()
+    assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods.values()} == {
+        "tiny"
+    }
+    for pod in pods.values():  # as Kueue's webhook leaves them
+        pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    cluster.objects[("Workload.kueue.x-k8s.io", "team-a", "tiny")] = {"status": PENDING}
+    run("PretrainJob", "tiny")
+    status = cluster.status("pretrainjobs", "tiny")
+    assert status["phase"] == "Queued"
+    assert condition(status, "Queued") | {"lastTransitionTime": None} == {
+        "type": "Queued", "status": "True", "reason": "Pending",
+        "message": "couldn't assign flavors: insufficient quota for cpu",
+        "lastTransitionTime": None, "observedGeneration": 1,
+    }  # fmt: skip
+    assert events[-1][1:3] == ("Normal", "Queued")
+    cluster.set_pod("tiny-worker-0-1", "Failed", terminated={"exitCode": 1, "reason": "Error"})
+    run("PretrainJob", "tiny")  # the budget is spent: Failed, and Kueue may let the group go
+    assert cluster.status("pretrainjobs", "tiny")["phase"] == "Failed"
+    annotations = [p["metadata"].get("annotations", {}) for p in cluster.pods().values()]
+    assert all(a["kueue.x-k8s.io/retriable-in-group"] == "false" for a in annotations)
 
 
 def test_invalid_spec_is_recorded_once_naming_the_field(cluster, events):

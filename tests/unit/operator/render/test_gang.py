@@ -12,11 +12,13 @@ from lmforge.operator.api import conditions
 from lmforge.operator.api.common import Lineage, RunPolicy
 from lmforge.operator.render import names
 from lmforge.operator.render.gang import GANG
-from lmforge.operator.render.observe import PodState
+from lmforge.operator.render.observe import Admission, PodState
 from lmforge.operator.render.pods import Defaults
 from lmforge.operator.stages import STAGES
 from lmforge.operator.stages.base import SpecError
 from lmforge.operator.stages.inputs import Dependencies
+
+from ..conftest import NOW
 
 DATASET_URI = "s3://bucket/team-a/dataset/corpus"
 WORKERS = ("tiny-worker-0", "tiny-worker-1", "tiny-worker-2")
@@ -121,8 +123,81 @@ def test_one_failed_worker_restarts_the_whole_gang(decide):
     assert running["reason"] == conditions.RESTARTING
     assert running["message"] == (
         "tiny-worker-1 ran out of memory (OOMKilled): raise spec.resources.memory:"
-        " restarting all 3 workers (1 of 3)"
+        " restarting all 3 workers (failure 1 of 3 allowed)"
     )
+    assert plan.status["failures"] == 1
+
+
+PREEMPTED = {"exit_code": 143, "reason": "Error"}
+
+
+def test_a_preemption_restarts_without_using_the_budget(decide):
+    previous = {**STARTED, "restarts": 4, "failures": 3}  # the budget is spent
+    pods = (*gang("Running", "Running", attempt=4), worker(2, "Failed", 4, **PREEMPTED))
+    plan = decide(previous=previous, pods=pods)
+    assert plan.attempt == 5 and plan.status["restarts"] == 5 and plan.status["failures"] == 3
+    message = condition(plan.status, conditions.RUNNING)["message"]
+    assert message.endswith("(not counted: runPolicy.failurePolicy.preempted is Ignore)")
+
+
+@pytest.mark.parametrize(
+    ("policy", "failures", "phase"),
+    [({"preempted": "Count"}, 1, "Pending"), ({"preempted": "FailJob"}, 0, "Failed")],
+)
+def test_the_failure_policy_decides_per_class(decide, policy, failures, phase):
+    pods = (worker(0), worker(1, "Failed", **PREEMPTED), worker(2))
+    run_policy = RunPolicy(failurePolicy=policy)
+    plan = decide(previous=STARTED, pods=pods, run_policy=run_policy)
+    assert plan.status["phase"] == phase and plan.status.get("failures", 0) == failures
+    if phase == "Failed":
+        assert condition(plan.status, conditions.FAILED)["reason"] == conditions.PREEMPTED
+
+
+def test_a_gang_kueue_preempts_restarts_and_waits_for_its_pods_to_end(decide):
+    previous = {**STARTED, "failures": 3}
+    leaving = tuple(worker(i, "Running", 0, terminating=True, disrupted=True) for i in range(3))
+    plan = decide(previous=previous, pods=leaving)
+    assert plan.attempt == 1 and plan.status["failures"] == 3  # not counted
+    assert plan.delete == () and plan.create == ()  # they checkpoint with their full grace
+    running = condition(plan.status, conditions.RUNNING)
+    assert running["message"].startswith("tiny-worker-0 was preempted")
+
+
+def test_gated_pods_make_the_run_queued_with_kueues_reason(decide):
+    waiting = Admission(False, "Pending", "insufficient quota for cpu in flavor default")
+    gated = tuple(worker(i, "Pending", 1, gated=True) for i in range(3))
+    previous = {**STARTED, "phase": "Pending", "restarts": 1}
+    plan = decide(previous=previous, pods=gated, admission=waiting)
+    assert plan.status["phase"] == "Queued" and plan.create == ()
+    queued = condition(plan.status, conditions.QUEUED)
+    assert (queued["status"], queued["reason"], queued["message"]) == (
+        "True",
+        "Pending",
+        "insufficient quota for cpu in flavor default",
+    )
+    admitted = gang("Running", "Running", "Running", attempt=1)
+    plan = decide(previous=plan.status, pods=admitted, admission=waiting._replace(admitted=True))
+    assert plan.status["phase"] == "Running"
+    assert condition(plan.status, conditions.QUEUED)["reason"] == conditions.ADMITTED
+
+
+def test_a_gang_that_reports_nothing_for_too_long_is_restarted(decide):
+    quiet = [{"event": "step", "step": 7, "time": NOW.timestamp() - 400}]
+    policy = RunPolicy(progressTimeoutSeconds=300)
+    plan = decide(previous=STARTED, pods=gang("Running", "Running", "Running"), events=quiet,
+                  run_policy=policy)  # fmt: skip
+    assert plan.attempt == 1 and set(plan.delete) == set(WORKERS) and plan.status["failures"] == 1
+    running = condition(plan.status, conditions.RUNNING)
+    assert running["message"].startswith(
+        "no progress reported for 400 s (last at step 7), longer than"
+        " runPolicy.progressTimeoutSeconds (300)"
+    )
+    recent = [{"event": "step", "step": 7, "time": NOW.timestamp() - 200}]
+    plan = decide(previous=STARTED, pods=gang("Running", "Running", "Running"), events=recent,
+                  run_policy=policy)  # fmt: skip
+    assert plan.attempt == 0 and plan.delete == ()
+    plan = decide(previous=STARTED, pods=gang("Running", "Running", "Running"), events=quiet)
+    assert plan.attempt == 0  # no progressTimeoutSeconds: never
 
 
 def test_the_next_attempt_waits_for_the_old_pods_to_go(decide):
@@ -130,7 +205,10 @@ def test_the_next_attempt_waits_for_the_old_pods_to_go(decide):
     terminating = tuple(worker(i, "Running", 0, terminating=True) for i in range(3))
     assert decide(previous=previous, pods=terminating).create == ()
     plan = decide(previous=previous, pods=())
-    assert plan.create == WORKERS and plan.attempt == 1
+    assert plan.create == tuple(f"{w}-1" for w in WORKERS) and plan.attempt == 1
+    # Kueue keeps a group's ended pods (its finalizer) until replacements exist: names differ
+    ended = tuple(worker(i, "Failed", 0, terminating=True, exit_code=143) for i in range(3))
+    assert decide(previous=previous, pods=ended).create == plan.create
 
 
 def test_pods_of_an_older_attempt_are_deleted_first(decide):
@@ -147,7 +225,7 @@ def test_a_worker_that_disappeared_restarts_the_gang(decide):
 
 
 def test_backoff_limit_ends_it(decide):
-    previous = {**STARTED, "restarts": 2}
+    previous = {**STARTED, "restarts": 2, "failures": 2}
     pods = (*gang("Running", "Running", attempt=2), worker(2, "Failed", 2, **OOM))
     plan = decide(previous=previous, pods=pods, run_policy=RunPolicy(backoffLimit=2))
     assert plan.status["phase"] == "Failed" and plan.status["restarts"] == 2
@@ -155,7 +233,7 @@ def test_backoff_limit_ends_it(decide):
     failed = condition(plan.status, conditions.FAILED)
     assert failed["reason"] == conditions.BACKOFF_LIMIT_EXCEEDED
     assert failed["message"].endswith(
-        "all 3 workers was restarted 2 times, the limit in runPolicy.backoffLimit"
+        "all 3 workers failed 3 times, more than runPolicy.backoffLimit (2) allows"
     )
 
 
@@ -281,7 +359,10 @@ def test_config_map_holds_the_config_as_json(render, resource):
 @pytest.mark.parametrize("nodes", [1, 3])
 def test_one_pod_per_node_with_deterministic_names(render, resource, nodes):
     gang = render(resource(resources={"nodes": nodes}), attempt=2)
-    assert [p["metadata"]["name"] for p in gang.pods] == [f"tiny-worker-{i}" for i in range(nodes)]
+    assert [p["metadata"]["name"] for p in gang.pods] == [
+        f"tiny-worker-{i}-2" for i in range(nodes)
+    ]
+    assert render(resource()).pods[0]["metadata"]["name"] == "tiny-worker-0"
     for index, pod in enumerate(gang.pods):
         labels = pod["metadata"]["labels"]
         assert labels[names.INDEX] == str(index) and labels[names.ATTEMPT] == "2"
@@ -299,6 +380,7 @@ def test_torchrun_rendezvous_at_worker_zero(render, resource, index):
     assert f"--node-rank={index}" in command
     assert "--master-addr=tiny-worker-0.tiny-workers.team-a.svc" in command
     assert "--master-port=29500" in command and "--max-restarts=0" in command
+    assert "--rdzv-conf=timeout=600" in command  # runPolicy.rendezvousTimeoutSeconds
     assert command[-4:] == ["-m", "lmforge.jobs.train", "--config", "/etc/lmforge/config.json"]
 
 

@@ -84,9 +84,17 @@ def test_the_attempt_is_the_newest_pod(decide):
 
 def test_backoff_limit(decide):
     pods = (main(0, "Failed", exit_code=1), main(1, "Failed", exit_code=1))
-    plan = decide(previous=STARTED, pods=pods, run_policy=RunPolicy(backoffLimit=1))
+    previous = {**STARTED, "restarts": 1, "failures": 1}
+    plan = decide(previous=previous, pods=pods, run_policy=RunPolicy(backoffLimit=1))
     assert plan.status["phase"] == "Failed" and plan.create == ()
     assert condition(plan.status, conditions.FAILED)["reason"] == conditions.BACKOFF_LIMIT_EXCEEDED
+
+
+def test_a_restart_recorded_before_its_pod_exists_is_not_counted_again(decide):
+    previous = {**STARTED, "phase": "Pending", "restarts": 1, "failures": 1}
+    plan = decide(previous=previous, pods=(main(0, "Failed", exit_code=1),))
+    assert plan.attempt == 1 and plan.create == ("corpus-data-1", "corpus-data-1-ray-1")
+    assert plan.status["failures"] == 1 and plan.status["restarts"] == 1
 
 
 def test_success_records_results_and_frees_the_helpers(decide):

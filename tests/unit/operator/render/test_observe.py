@@ -3,7 +3,7 @@
 import pytest
 
 from lmforge.operator.api import conditions
-from lmforge.operator.render.observe import failure, lost, observe
+from lmforge.operator.render.observe import Admission, admission, failure, lost, observe
 
 TORCHRUN_CONFIG_ERROR = """error: model.contextLength (128) is shorter than the dataset's sequences
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
@@ -12,6 +12,17 @@ Root Cause (first observed failure):
   rank      : 0 (local_rank: 0)
   exitcode  : 2 (pid: 41)
 """
+
+RENDEZVOUS = """  File ".../torch/distributed/elastic/rendezvous/static_tcp_rendezvous.py", in next_rendezvous
+torch.distributed.DistStoreError: Timed out after 601 seconds waiting for clients. 1/2 clients joined.
+"""
+COLLECTIVE = """error: rank 1: a collective did not complete within runPolicy.collectiveTimeoutSeconds (600 s)
+Root Cause (first observed failure):
+  exitcode  : 3 (pid: 41)
+"""
+WATCHDOG = (
+    "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9, OpType=ALLREDUCE)"
+)
 
 
 def pod(phase="Running", terminated=None, waiting=None, reason=None, conditions=(), deleting=False):
@@ -96,6 +107,25 @@ def test_labels_and_state():
             "exited with 1: boom",
         ),
         (pod("Unknown"), conditions.WORKER_LOST, True, "stopped reporting"),
+        (
+            pod("Failed", terminated={"exitCode": 1, "reason": "Error", "message": RENDEZVOUS}),
+            conditions.RENDEZVOUS_TIMEOUT,
+            True,
+            "did not all meet within runPolicy.rendezvousTimeoutSeconds: Timed out after 601"
+            " seconds waiting for clients. 1/2 clients joined.",
+        ),
+        (
+            pod("Failed", terminated={"exitCode": 1, "reason": "Error", "message": COLLECTIVE}),
+            conditions.COLLECTIVE_TIMEOUT,
+            True,
+            "a collective timed out: rank 1: a collective did not complete",
+        ),
+        (
+            pod("Failed", terminated={"exitCode": 1, "reason": "Error", "message": WATCHDOG}),
+            conditions.COLLECTIVE_TIMEOUT,
+            True,
+            "a collective timed out",
+        ),
     ],
 )
 def test_failure_classification(observed, reason, retryable, words):
@@ -112,4 +142,25 @@ def test_lost():
         conditions.WORKER_LOST,
         "tiny-worker-2 disappeared (deleted or its node was lost)",
         True,
+    )
+
+
+def test_kueues_gate_and_termination_target_are_seen():
+    gated = pod("Pending")
+    gated["spec"] = {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]}
+    assert observe(gated).gated and not observe(pod()).gated
+    evicted = {"type": "TerminationTarget", "status": "True",
+               "reason": "WorkloadEvictedDueToPreempted"}  # fmt: skip
+    ended = observe(pod("Failed", terminated={"exitCode": 7}, conditions=[evicted]))
+    assert failure(ended).reason == conditions.PREEMPTED
+
+
+def test_admission_reads_the_workloads_quota_reservation():
+    reserved = {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": ""}
+    assert admission({"status": {"conditions": [reserved]}}).admitted
+    pending = {**reserved, "status": "False", "reason": "Pending", "message": "insufficient quota"}
+    found = admission({"status": {"conditions": [pending]}})
+    assert found == Admission(False, "Pending", "insufficient quota")
+    assert admission(None) == Admission(
+        False, "WaitingForPods", "Kueue has not made the pod group's Workload yet"
     )

@@ -145,12 +145,30 @@ def test_events_into_status():
         "step": 5,
         "totalSteps": 20,
         "progress": "5/20",
+        "percentComplete": 25,
         "loss": 7.5,
         "tokens": 20480,
         "tokensPerSecond": 1000.0,
         "lastCheckpoint": {"step": 5, "uri": "s3://c/step-5", "time": "2026-11-01T12:00:00Z"},
         "lineage": {"inputs": [], "outputs": [], "parentCheckpoint": "s3://c/step-5"},
     }
+
+
+def test_the_eta_comes_from_this_attempts_step_rate():
+    def step(n, time):
+        return {"event": "step", "step": n, "totalSteps": 20, "time": time}
+
+    first = [{"event": "start", "step": 0, "totalSteps": 20, "time": 0}, step(1, 10), step(2, 20)]
+    # resumed at step 2 after a long restart: the rate is the new attempt's, 1 step per 5 s
+    events = [*first, {"event": "resume", "step": 2, "time": 900}, step(3, 950), step(4, 955)]
+    status = TrainingStatus()
+    STAGES["PretrainJob"].progress(status, events)
+    assert (status.percent_complete, status.eta_seconds, status.eta) == (20, 80, "1m20s")
+    STAGES["PretrainJob"].progress(status, [step(20, 1000)])
+    assert (status.percent_complete, status.eta_seconds, status.eta) == (100, 0, "0s")
+    slow = [step(0, 0), step(1, 3725)]
+    STAGES["PretrainJob"].progress(status, slow)
+    assert (status.percent_complete, status.eta) == (5, "19h39m")
 
 
 def test_resume_moves_the_step_back():
