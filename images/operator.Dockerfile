@@ -17,7 +17,7 @@ RUN pip install --no-deps /src && rm -rf /src \
     && python -c "import sys, lmforge.operator.main; assert 'torch' not in sys.modules"
 # Non-root, and nothing written to the image at run time (the chart mounts /tmp).
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9090
 ENTRYPOINT ["kopf", "run", "--module=lmforge.operator.main", "--standalone", \
             "--liveness=http://0.0.0.0:8080/healthz"]
 CMD ["--all-namespaces"]

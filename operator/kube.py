@@ -29,6 +29,8 @@ _KINDS = {
     "ConfigMap": ("core", "config_map"),
     "Deployment": ("apps", "deployment"),
     "HorizontalPodAutoscaler": ("autoscaling", "horizontal_pod_autoscaler"),
+    "NetworkPolicy": ("networking", "network_policy"),
+    "PodDisruptionBudget": ("policy", "pod_disruption_budget"),
 }
 _CUSTOM_KINDS = {
     "PodGroup.scheduling.volcano.sh": ("scheduling.volcano.sh", "v1beta1", "podgroups"),
@@ -82,6 +84,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
 
     # ----- lmforge resources -----
 
@@ -260,13 +264,3 @@ class Kube:
                 return None
             raise
         return response.data.decode(errors="replace")
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        """Whether a Secret exists. Its data is read by the API call but never kept or logged."""
-        try:
-            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
-            return True
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise

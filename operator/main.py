@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -52,13 +53,15 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     objects = logging.getLogger("kopf.objects")
     if objects.getEffectiveLevel() == logging.INFO:
         objects.setLevel(logging.WARNING)
-    exporting = export_telemetry("lmforge-operator")
+    exporting = export_telemetry("lmforge-operator", SETTINGS.metrics_port)
     logger.info(
-        "lmforge operator: reconcile every %ss, job image %s, default storage %s, OTLP %s",
+        "lmforge operator: reconcile every %ss, job image %s, default storage %s, OTLP %s,"
+        " metrics on port %s",
         SETTINGS.interval_seconds,
         SETTINGS.defaults.image,
         SETTINGS.defaults.storage_uri or "(none: every resource must set spec.storage.uri)",
-        "on" if exporting else "off",
+        "on" if exporting and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "off",
+        SETTINGS.metrics_port or "(none)",
     )
 
 

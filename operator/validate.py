@@ -55,6 +55,7 @@ def errors(document: Any) -> tuple[Resource | None, list[tuple[str, str]]]:
         found = []
         for e in error.errors():
             path = field_path(e["loc"]) + ((e.get("ctx") or {}).get("field") or "")
+            path = path.removeprefix(".")  # a rule on the whole object: .metadata.name
             found.append((path, _MESSAGES.get(e["type"], e["msg"])))
         return None, found
 

@@ -97,6 +97,8 @@ def crd(kind: type[Resource]) -> dict[str, Any]:
             "status": openapi_schema(status),
         },
     }
+    if kind.all_rules():  # rules on the whole object: those about metadata.name
+        schema["x-kubernetes-validations"] = [r.schema() for r in kind.all_rules()]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from lmforge.operator.api.base import NAME_PATTERN, URI_PATTERN, LocalRef, Model, Reference, Rule
 from lmforge.operator.api.common import ModelRef, PodResources, Status, Storage
-from lmforge.operator.api.resource import Column, Resource
+from lmforge.operator.api.resource import SERVER_NAMES, Column, Resource
 
 
 class Autoscaling(Model):
@@ -102,6 +102,7 @@ class Deployment(Resource):
     spec: DeploymentSpec
     status: DeploymentStatus | None = None
 
+    rules: ClassVar = SERVER_NAMES
     plural: ClassVar = "deployments"
     short_names: ClassVar = ("lmdeploy",)
     columns: ClassVar = (

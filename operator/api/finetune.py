@@ -8,7 +8,7 @@ from pydantic import Field
 
 from lmforge.operator.api.base import URI_PATTERN, LocalRef, Model, Reference, Rule, immutable
 from lmforge.operator.api.common import ModelSource, TrainingStatus
-from lmforge.operator.api.resource import PROGRESS, Column, Resource
+from lmforge.operator.api.resource import GANG_NAMES, PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -130,6 +130,7 @@ class FineTune(Resource):
     spec: FineTuneSpec
     status: FineTuneStatus | None = None
 
+    rules: ClassVar = GANG_NAMES
     plural: ClassVar = "finetunes"
     short_names: ClassVar = ("ft",)
     columns: ClassVar = (

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import LocalRef, Reference, immutable
 from lmforge.operator.api.common import TrainingStatus
-from lmforge.operator.api.resource import PROGRESS, Column, Resource
+from lmforge.operator.api.resource import GANG_NAMES, PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -25,6 +25,7 @@ class PretrainJob(Resource):
     spec: PretrainJobSpec
     status: TrainingStatus | None = None
 
+    rules: ClassVar = GANG_NAMES
     plural: ClassVar = "pretrainjobs"
     short_names: ClassVar = ("ptj",)
     columns: ClassVar = (

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmforge.operator.api.base import API_VERSION, NAME_PATTERN, Model, Reference
+from lmforge.operator.api.base import API_VERSION, NAME_PATTERN, Model, Reference, Rule
 from lmforge.operator.api.common import Status
 
 
@@ -32,6 +32,33 @@ PROGRESS = (
     Column("ETA", ".status.eta"),
 )
 """A training run's progress, for the people waiting on it."""
+
+_LETTER_FIRST = Rule(
+    "self.metadata.name.matches('^[a-z]')",
+    "must start with a letter: its pods' hostnames and Services are named after it (DNS-1035"
+    " labels)",
+    ".metadata.name",
+)
+GANG_NAMES = (
+    _LETTER_FIRST,
+    Rule(
+        "size(self.metadata.name) + size(string(self.spec.resources.nodes - 1)) <= 55",
+        "is too long for its worker pods: <name>-worker-<resources.nodes - 1> is a hostname of"
+        " at most 63 characters; use a shorter name",
+        ".metadata.name",
+    ),
+)
+"""What the training kinds' children need of their name, refused at admission (CEL)."""
+SERVER_NAMES = (
+    _LETTER_FIRST,
+    Rule(
+        "size(self.metadata.name) <= 57",
+        "is too long for its server Deployment (<name>-serve, at most 63 characters): use a"
+        " shorter name",
+        ".metadata.name",
+    ),
+)
+"""What a Deployment's children (<name>-serve, the Service <name>) need of its name."""
 
 
 class ObjectMeta(BaseModel):

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from lmforge.operator.api.base import Reference, immutable
 from lmforge.operator.api.common import ModelSource, TrainingStatus
 from lmforge.operator.api.finetune import Preferences
-from lmforge.operator.api.resource import PROGRESS, Column, Resource
+from lmforge.operator.api.resource import GANG_NAMES, PROGRESS, Column, Resource
 from lmforge.operator.api.training import TrainingWorkload
 
 
@@ -31,6 +31,7 @@ class RewardModel(Resource):
     spec: RewardModelSpec
     status: RewardModelStatus | None = None
 
+    rules: ClassVar = GANG_NAMES
     plural: ClassVar = "rewardmodels"
     short_names: ClassVar = ("rm",)
     columns: ClassVar = (

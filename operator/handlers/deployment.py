@@ -32,7 +32,7 @@ def server_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | No
     try:
         deployment = parse(obj)
         store = storage(deployment.spec.storage, SETTINGS.defaults.store)
-        deps = dependencies(api, deployment, owner.namespace, store, previous)
+        deps = dependencies(api, deployment, owner.namespace, previous)
         # The model is all the server needs; the gate decides whether it rolls out.
         ready = "spec.modelRef" in deps.outputs
         description = stage.describe(deployment, deps.outputs, store) if ready else None

@@ -41,7 +41,7 @@ from lmforge.operator.render.status import (
     transition_events,
 )
 from lmforge.operator.stages import STAGES
-from lmforge.operator.stages.base import Description, SpecError, Store, storage
+from lmforge.operator.stages.base import Description, SpecError, storage
 from lmforge.operator.stages.inputs import Dependencies, resolve
 from lmforge.operator.validate import errors
 
@@ -145,7 +145,7 @@ def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None)
         record_invalid(api, obj, error)
         return
     previous = _forget_invalid(status_of(obj))
-    deps = dependencies(api, resource, owner.namespace, store, previous)
+    deps = dependencies(api, resource, owner.namespace, previous)
     description = None
     if deps.ready and previous.phase not in TERMINAL:
         try:
@@ -236,18 +236,15 @@ def patch_status(api: Kube, obj: dict[str, Any], status: Status) -> None:
         api.patch_status(KINDS[obj["kind"]].plural, meta["namespace"], meta["name"], patch)
 
 
-def dependencies(
-    api: Kube, resource: Resource, namespace: str, store: Store, previous: Status
-) -> Dependencies:
+def dependencies(api: Kube, resource: Resource, namespace: str, previous: Status) -> Dependencies:
     if previous.phase in TERMINAL:
         return Dependencies([], [], {})  # a finished resource never runs again
     refs = resource.references()
     found = {(r.kind, r.name): api.get(KINDS[r.kind].plural, namespace, r.name) for r in refs}
-    deps = resolve(resource, found)
-    if store.secret_name and not api.secret_exists(namespace, store.secret_name):
-        where = "spec.storage.secretName" if resource.spec.storage.secret_name else "storage"
-        deps.waiting.append(f"{where}: Secret {store.secret_name} does not exist yet")
-    return deps
+    # A missing storage Secret is not checked here: the operator reads no Secrets (least
+    # privilege); the pods wait with kubelet's reason (CreateContainerConfigError: secret ... not
+    # found), which status shows.
+    return resolve(resource, found)
 
 
 def _events(

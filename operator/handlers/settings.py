@@ -41,6 +41,8 @@ class Settings:
     retry_seconds: float = 15.0
     """The delay before a pass that failed for a transient reason runs again."""
     log_tail_lines: int = 200
+    metrics_port: int | None = None
+    """Where the operator serves its metrics for Prometheus (/metrics); none when unset."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +66,7 @@ class Settings:
             interval_seconds=_float("LMFORGE_RECONCILE_INTERVAL", cls.interval_seconds),
             retry_seconds=_float("LMFORGE_RETRY_DELAY", cls.retry_seconds),
             log_tail_lines=_int("LMFORGE_LOG_TAIL_LINES", cls.log_tail_lines),
+            metrics_port=_int("LMFORGE_METRICS_PORT", 0) or None,
         )
 
 

@@ -40,7 +40,8 @@ def endpoint(owner: Owner) -> str:
 
 
 def children(r: Rendering, digest: str) -> list[dict[str, Any]]:
-    """The ConfigMap, the apps/v1 Deployment, the Service and, with autoscaling, the HPA."""
+    """The ConfigMap, the apps/v1 Deployment, the Service, a NetworkPolicy, a
+    PodDisruptionBudget and, with autoscaling, the HPA."""
     spec, name = r.resource.spec, r.owner.name
     config = r.description.config
     if spec.auth:  # the Secret's keys, mounted as files
@@ -58,9 +59,36 @@ def children(r: Rendering, digest: str) -> list[dict[str, Any]]:
             },
         }
     )
+    out += [_network_policy(r.owner), _disruption_budget(r.owner)]
     if spec.autoscaling:
         out.append(_autoscaler(r.owner, r.resource))
     return out
+
+
+def _network_policy(owner: Owner) -> dict[str, Any]:
+    """The servers accept connections on the API port only (from anywhere: the clients are the
+    users'); where the network plugin enforces NetworkPolicy, nothing else reaches them."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(owner, server_name(owner.name), SERVE),
+        "spec": {
+            "podSelector": {"matchLabels": labels(owner, SERVE)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
+        },
+    }
+
+
+def _disruption_budget(owner: Owner) -> dict[str, Any]:
+    """A drain or an eviction takes one server at a time. Rendered at every replica count (the
+    HPA changes it under us): with one replica it still lets a drain finish."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(owner, server_name(owner.name), SERVE),
+        "spec": {"selector": {"matchLabels": labels(owner, SERVE)}, "maxUnavailable": 1},
+    }
 
 
 def _server(r: Rendering, digest: str) -> dict[str, Any]:

@@ -100,8 +100,8 @@ class Operator:
 
 
 class HelmOperator:
-    """The operator installed with helm/lmforge into the test's namespace (rbac.scope
-    namespace): a Deployment whose pod runs on the test node with the chart's ServiceAccount
+    """The operator installed with helm/lmforge into the test's namespace (its default values:
+    rbac.scope namespace): a Deployment whose pod runs on the test node with the chart's ServiceAccount
     and RBAC, talking to the API server in-cluster, with the chart's securityContext and
     probes."""
 
@@ -121,7 +121,6 @@ class HelmOperator:
 
     def start(self) -> HelmOperator:
         values = {
-            "rbac.scope": "namespace",
             "reconcileInterval": OPERATOR_ENV["LMFORGE_RECONCILE_INTERVAL"],
             "jobs.terminationGracePeriodSeconds": OPERATOR_ENV["LMFORGE_TERMINATION_GRACE_SECONDS"],
         }

@@ -230,6 +230,15 @@ class Recorder:
 # ----- the bucket -----
 
 
+def model_weights(s3_endpoint: str, uri: str) -> dict[str, Any]:
+    """The tensors of the model.safetensors under an s3:// model URI."""
+    from safetensors.torch import load
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.invalidate_cache()
+    return load(fs.cat_file(f"{uri.removeprefix('s3://').rstrip('/')}/model.safetensors"))
+
+
 def bucket_files(s3_endpoint: str, uri: str) -> list[str]:
     """Every key under an s3:// URI, relative to it, read from this machine's side of moto."""
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)

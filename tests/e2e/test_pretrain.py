@@ -124,6 +124,30 @@ def test_dataset_and_pretrainjob_succeed(cluster, namespace, s3, s3_endpoint, op
         assert env["LMFORGE_RECONCILE_INTERVAL"] == "2"
         assert deployment["metadata"]["generation"] == 2
         assert read(api, "PretrainJob", namespace, "tiny")["status"]["phase"] == "Succeeded"
+        _least_privilege(cluster, namespace, operator.release, s3.secret)
+
+
+def _least_privilege(cluster, namespace: str, release: str, secret: str) -> None:
+    """What the chart's ServiceAccount may do, as the API server answers `kubectl auth can-i`;
+    the job pods' lack of a token; the operator's metrics through its Service."""
+    account = f"system:serviceaccount:{namespace}:{release}"
+
+    def can(verb: str, what: str, where: str = namespace) -> bool:
+        done = cluster("auth", "can-i", verb, what, "-n", where, "--as", account, check=False)
+        return done.stdout.strip() == "yes"
+
+    assert can("create", "pods") and can("patch", "pretrainjobs.lmforge.dev/status")
+    assert not can("get", f"secret/{secret}")  # the storage Secret the specs name: pods only
+    assert not can("list", "secrets") and not can("get", "secret/anything")
+    assert not can("create", "pods", "default")  # rbac.scope namespace: only its own
+    for name in ("tiny-worker-0", "tiny-worker-1"):
+        pod = cluster.get("pod", name, "-n", namespace)["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])]
+        assert not [m for m in mounts if "serviceaccount" in m], mounts
+    proxy = f"/api/v1/namespaces/{namespace}/services/{release}-metrics:metrics/proxy/metrics"
+    scraped = cluster("get", "--raw", proxy).stdout
+    assert "lmforge_operator_reconcile_duration_seconds_count" in scraped, scraped[:2000]
 
 
 def test_killed_worker_container_restarts_the_gang_from_its_checkpoint(

@@ -42,7 +42,8 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* The rules the operator needs in a namespace it watches: what operator/kube.py and kopf call. */}}
+{{/* The rules the operator needs in a namespace it watches: what operator/kube.py and kopf call.
+No Secrets: the pods mount the ones their specs name; the operator never reads one. */}}
 {{- define "lmforge.namespacedRules" -}}
 {{- $plurals := list "datasets" "pretrainjobs" "finetunes" "rewardmodels" "evaluations" "deployments" }}
 - apiGroups: ["lmforge.dev"]
@@ -78,6 +79,14 @@ app.kubernetes.io/component: operator
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  # A Deployment's servers take connections on the API port only.
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  # A Deployment's servers are disrupted one at a time.
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
   # A training gang's PodGroup, where Volcano or the coscheduling plugin is installed.
   resources: ["podgroups"]
@@ -86,10 +95,6 @@ app.kubernetes.io/component: operator
   # Why a queued gang waits: the conditions of its pod group's Workload.
   resources: ["workloads"]
   verbs: ["get", "list"]
-- apiGroups: [""]
-  # Only to check that a storage Secret exists before pods that need it are created.
-  resources: ["secrets"]
-  verbs: ["get"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -35,7 +35,6 @@ class FakeKube:
     def __init__(self):
         self.objects = {}  # (kind or plural, namespace, name) -> object
         self.logs = {}  # pod name -> log text
-        self.secrets = set()
         self.crds = set()
         self.status_patches = []
         self.deleted = []
@@ -114,9 +113,6 @@ class FakeKube:
 
     def pod_log(self, namespace, name, container, tail_lines):
         return self.logs.get(name)
-
-    def secret_exists(self, namespace, name):
-        return name in self.secrets
 
     def read(self, kind, namespace, name):
         return copy.deepcopy(self.objects.get((kind, namespace, name)))

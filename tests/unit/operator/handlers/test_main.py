@@ -2,6 +2,7 @@
 
 import ast
 import logging
+import os
 import subprocess
 import sys
 
@@ -47,3 +48,34 @@ def test_renderers_and_descriptions_do_not_talk_to_the_api():
         f"import lmforge.operator.stages; from lmforge.operator.render import {modules}"
     )
     assert not loaded & {"kopf", "kubernetes", "urllib3", "aiohttp"}
+
+
+def test_the_operator_serves_its_metrics_for_prometheus():
+    """LMFORGE_METRICS_PORT: reconcile passes (and their errors) on /metrics, with no OTLP
+    endpoint; in a process of its own, since OpenTelemetry's providers are set once."""
+    code = """
+import socket, urllib.request
+from lmforge.operator.api import telemetry
+from lmforge.operator.handlers.telemetry import reconcile_span
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+assert telemetry.setup("lmforge-operator", port)
+with reconcile_span("PretrainJob", "team-a", "tiny", None):
+    pass
+try:
+    with reconcile_span("Dataset", "team-a", "corpus", None):
+        raise KeyError("boom")
+except KeyError:
+    pass
+print(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    lines = done.stdout.splitlines()
+    count = [x for x in lines if x.startswith("lmforge_operator_reconcile_duration_seconds_count")]
+    assert len(count) == 2 and all(x.endswith(" 1.0") for x in count), count
+    errors = [x for x in lines if x.startswith("lmforge_operator_reconcile_errors_total")]
+    assert errors and 'error_type="KeyError"' in errors[0] and errors[0].endswith(" 1.0"), errors

@@ -29,7 +29,7 @@ def decide(previous, *args):
 
 
 def test_children_serve_the_model_and_roll_when_it_changes(resource, rendering, defaults):
-    config, digest, (cm, apps, service) = build(resource, rendering)
+    config, digest, (cm, apps, service, policy, budget) = build(resource, rendering)
     assert ServeConfig.model_validate_json(cm["data"]["config.json"]).model_uri == MODEL.uri
     assert config.feedback_uri == "s3://bucket/deployment/chat/feedback"
     assert apps["spec"]["replicas"] == 2
@@ -40,7 +40,14 @@ def test_children_serve_the_model_and_roll_when_it_changes(resource, rendering, 
     assert server["command"][:3] == ["python", "-m", "lmforge.jobs.serve"]
     assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert server["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]  # never in the spec
-    assert service["spec"]["selector"] == apps["spec"]["selector"]["matchLabels"]
+    pods = apps["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == pods
+    assert template["spec"]["automountServiceAccountToken"] is False  # no API access
+    # Ingress on the API port only; one server at a time may be disrupted.
+    assert policy["spec"]["podSelector"]["matchLabels"] == pods
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": render.PORT}]}]
+    assert server["ports"] == [{"name": "http", "containerPort": render.PORT}]
+    assert budget["spec"] == {"selector": {"matchLabels": pods}, "maxUnavailable": 1}
     _, other, _ = build(resource, rendering, MODEL.model_copy(update={"digest": "sha256:bbb"}))
     assert other != digest  # a new model is a new pod template: Kubernetes rolls it out
 
@@ -49,7 +56,7 @@ def test_autoscaling_and_api_keys(resource, rendering):
     _, _, children = build(
         resource, rendering, autoscaling={"maxReplicas": 5}, auth={"secretName": "keys"}
     )
-    cm, apps, _, hpa = children
+    cm, apps, *_, hpa = children
     assert "replicas" not in apps["spec"] and hpa["spec"]["maxReplicas"] == 5
     assert hpa["spec"]["scaleTargetRef"]["name"] == "chat-serve"
     volumes = apps["spec"]["template"]["spec"]["volumes"]
