@@ -1,9 +1,13 @@
 """The trainer's view of a dataset: packed sequences by global index, shuffled, split by rank.
 
-Every epoch is a permutation of all sequences drawn from (seed, epoch); rank r of w takes every
-w-th sequence of it, so ranks never overlap and all get the same count. The state is just
-(epoch, position): restoring it recomputes the permutation and continues, replaying nothing.
-Shards are memory-mapped; remote ones are copied to a local cache first.
+Every epoch is a permutation of all sequences drawn from (seed, epoch); the epochs, one after
+the other, are read in windows of one optimizer step's global batch, and rank r of w reads the
+r-th of w equal slices of each window. Every sequence is read once per epoch, and what a step
+trains on does not depend on the world size, only on (seed, epoch, position), where position
+counts the sequences of the epoch every rank together has read. Restoring that
+state recomputes the permutation and continues, replaying nothing, on any world size whose ranks
+divide the window: an elastic gang that shrinks or grows reads on where it stopped. Shards are
+memory-mapped; remote ones are copied to a local cache first.
 """
 
 from __future__ import annotations
@@ -29,53 +33,70 @@ class Sequences:
     def __init__(self, total: int, split: str, rank: int, world_size: int, seed: int):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.total, self.rank, self.world_size, self.seed = total, rank, world_size, seed
-        self.per_rank = total // world_size
-        if self.per_rank == 0:
+        if total < world_size:
             raise ValueError(
                 f"split {split!r} has {total} sequences, fewer than {world_size} ranks"
             )
+        self.total, self.rank, self.world_size, self.seed = total, rank, world_size, seed
         self.epoch, self.position = 0, 0
 
     def sequence(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
     def __len__(self) -> int:
-        """Sequences this rank reads per epoch."""
-        return self.per_rank
+        """Sequences this rank reads per epoch, at most."""
+        return self.total // self.world_size
+
+    def batches(
+        self, batch_size: int, window: int | None = None, prefetch: int = 4
+    ) -> Iterator[np.ndarray]:
+        """Endless [batch_size, sequenceLength] batches of this rank from the saved position
+        on, read ahead by a background thread. `window`: the sequences all ranks read per
+        optimizer step (batch_size x world size x accumulation; one batch per rank when unset).
+        The position advances by a window once this rank has taken its last batch of it."""
+        window = window or batch_size * self.world_size
+        if window % (batch_size * self.world_size):
+            raise ValueError(
+                f"a step's {window} sequences do not split into batches of {batch_size} on"
+                f" {self.world_size} ranks"
+            )
+        return self._batches(batch_size, window, prefetch)
 
     def _order(self, epoch: int) -> np.ndarray:
-        total = self.per_rank * self.world_size
-        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.total)
-        return permutation[:total][self.rank :: self.world_size]
+        return np.random.default_rng([self.seed, epoch]).permutation(self.total)
 
-    def batches(self, batch_size: int, prefetch: int = 4) -> Iterator[np.ndarray]:
-        """Endless [batch_size, sequenceLength] batches from the saved position on, read ahead by
-        a background thread. The position advances as batches are taken, not as they are read."""
-        if batch_size > self.per_rank:
-            raise ValueError(
-                f"{self.per_rank} sequences per rank, fewer than a batch of {batch_size}"
-            )
-        return self._batches(batch_size, prefetch)
-
-    def _batches(self, batch_size: int, prefetch: int) -> Iterator[np.ndarray]:
+    def _batches(self, batch_size: int, window: int, prefetch: int) -> Iterator[np.ndarray]:
         ahead: queue.Queue = queue.Queue(prefetch)
         stop = threading.Event()
+        share = window // self.world_size
 
         def produce(epoch: int, position: int) -> None:
+            order = self._order(epoch)
             while not stop.is_set():
-                order = self._order(epoch)
-                while position + batch_size <= len(order) and not stop.is_set():
-                    picked = order[position : position + batch_size]
-                    position += batch_size
-                    ahead.put((epoch, position, np.stack([self.sequence(int(i)) for i in picked])))
-                epoch, position = epoch + 1, 0
+                picked: list[int] = []  # one window; it runs on into the next epoch if need be
+                while len(picked) < window:
+                    taken = order[position : position + window - len(picked)]
+                    picked += taken.tolist()
+                    position += len(taken)
+                    if position == self.total:
+                        epoch, position = epoch + 1, 0
+                        order = self._order(epoch)
+                mine = picked[self.rank * share :][:share]
+                for start in range(0, share, batch_size):
+                    if stop.is_set():
+                        return
+                    rows = np.stack([self.sequence(i) for i in mine[start : start + batch_size]])
+                    last = start + batch_size == share
+                    # Mid-window, the state is the window's start: a step is all or nothing.
+                    ahead.put(((epoch, position) if last else None, rows))
 
         thread = threading.Thread(target=produce, args=(self.epoch, self.position), daemon=True)
         thread.start()
         try:
             while True:
-                self.epoch, self.position, batch = ahead.get()
+                state, batch = ahead.get()
+                if state:
+                    self.epoch, self.position = state
                 yield batch
         finally:
             stop.set()
@@ -87,13 +108,13 @@ class Sequences:
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "worldSize": self.world_size}  # fmt: skip
+                "total": self.total}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["worldSize"] != self.world_size or state["seed"] != self.seed:
+        if state["seed"] != self.seed or state.get("total", self.total) != self.total:
             raise ValueError(
-                f"data position saved for world size {state['worldSize']} and seed {state['seed']}"
-                f" cannot resume with world size {self.world_size} and seed {self.seed}"
+                f"data position saved for seed {state['seed']} and {state.get('total')}"
+                f" sequences cannot resume with seed {self.seed} and {self.total} sequences"
             )
         self.epoch, self.position = state["epoch"], state["position"]
 

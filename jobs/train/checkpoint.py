@@ -3,11 +3,15 @@
 A checkpoint holds the model and optimizer (torch.distributed.checkpoint, sharded the way the
 model is), and one small file per rank with what differs per rank: the data position and every
 RNG state, plus the LR schedule. Both are given as Stateful parts (state_dict, load_state_dict),
-which save and load themselves. It counts only once rank 0 has written its COMMITTED marker,
-last and atomically, with each file's size and sha256. On start every rank loads the newest
-committed checkpoint whose files still match their digests, falling back to the previous one
-(with a warning) if a file is missing or corrupt. Directories without a marker are debris of an
-interrupted save: ignored, and removed once a newer checkpoint commits.
+which save and load themselves. On another world size (an elastic gang that shrank or grew),
+DCP reshards the model and optimizer, and every rank loads rank 0's file: the data position and
+the schedule are the same on every rank, and the RNGs continue from rank 0's.
+
+A checkpoint counts only once rank 0 has written its COMMITTED marker, last and atomically, with
+each file's size and sha256. On start every rank loads the newest committed checkpoint whose
+files still match their digests, falling back to the previous one (with a warning) if a file is
+missing or corrupt. Directories without a marker are debris of an interrupted save: ignored, and
+removed once a newer checkpoint commits.
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ class Checkpointer:
             for name in sorted(self.fs.ls(path, detail=False)):
                 data = self.fs.cat_file(name)
                 files[name.rsplit("/", 1)[-1]] = {"size": len(data), "sha256": _sha(data)}
-            marker = {"step": step, "time": time.time(), "files": files, **meta}
+            world = dist.get_world_size()
+            marker = {"step": step, "time": time.time(), "files": files, "worldSize": world, **meta}
             write_atomic(self.fs, join(path, COMMITTED), json.dumps(marker, indent=1).encode())
             self._prune()
         dist.barrier()
@@ -124,11 +129,13 @@ class Checkpointer:
             differ = {k: (marker.get(k), v) for k, v in meta.items() if marker.get(k) != v}
             if differ:
                 raise ValueError(_mismatch(self.step_uri(step), differ))
+            same_world = marker.get("worldSize") == dist.get_world_size()
+            mine = f"rank-{self.rank if same_world else 0}.pt"
             try:
-                self._verify(step, marker)
+                self._verify(step, marker, mine)
                 reader = _reader(self.fs, join(self.root, f"step-{step}"), self.endpoint_url)
                 dcp.load(sharded, storage_reader=reader)
-                data = self.fs.cat_file(join(self.root, f"step-{step}", f"rank-{self.rank}.pt"))
+                data = self.fs.cat_file(join(self.root, f"step-{step}", mine))
                 saved = torch.load(io.BytesIO(data), weights_only=False)
                 failed = torch.zeros(1)
             except Exception as error:  # a missing or corrupt file; agreed on below
@@ -146,10 +153,10 @@ class Checkpointer:
                 self.fs.mv(marker_path, marker_path + ".unusable")
         return None
 
-    def _verify(self, step: int, marker: dict) -> None:
+    def _verify(self, step: int, marker: dict, mine: str) -> None:
         path = join(self.root, f"step-{step}")
         for name, expected in marker["files"].items():
-            if name.startswith("rank-") and name != f"rank-{self.rank}.pt":
+            if name.startswith("rank-") and name != mine:
                 continue
             data = self.fs.cat_file(join(path, name))
             if len(data) != expected["size"] or _sha(data) != expected["sha256"]:

@@ -82,10 +82,13 @@ class Trainer:
         """Run to the last step (Exit.DONE), or checkpoint and stop on SIGTERM (PREEMPTED)."""
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
         self.resume()
+        micro = self.config.training.micro_batch
         try:
-            batches = self.data.batches(self.config.training.micro_batch)
+            batches = self.data.batches(micro, micro * self.world * self.shape.accumulation)
         except ValueError as error:
-            raise ConfigError(f"training.microBatch: the training data has {error}") from error
+            raise ConfigError(
+                f"training.globalBatchTokens: the training data has {error}"
+            ) from error
         try:
             while self.step < self.shape.steps:
                 started = time.perf_counter()
@@ -195,10 +198,13 @@ class Trainer:
         except ValueError as error:
             raise ConfigError(str(error)) from error
         if step is None:
-            self.telemetry.event(events.START, step=0, totalSteps=self.shape.steps)
+            self.telemetry.event(
+                events.START, step=0, totalSteps=self.shape.steps, worldSize=self.world
+            )
             return
         self.step = step
-        self.telemetry.event(events.RESUME, step=step, uri=self.checkpointer.step_uri(step))
+        uri = self.checkpointer.step_uri(step)
+        self.telemetry.event(events.RESUME, step=step, uri=uri, worldSize=self.world)
 
     def export(self) -> None:
         """The trained model as a Hugging Face Llama directory, with its tokenizer; LoRA adapters
@@ -225,11 +231,12 @@ class Trainer:
         dist.barrier()
 
     def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume: the shape, what is trained, and the world it
-        was sharded for."""
+        """What a checkpoint must match to resume: the shape, what is trained, and (unless the
+        gang is elastic, resharding on resume) the world it was sharded for."""
+        world = {} if self.config.min_nodes else {"worldSize": self.world}
         return {
             "architecture": self.arch.wire(),
-            "worldSize": self.world,
+            **world,
             "strategy": self.config.training.parallelism.strategy,
             **self.recipe.identity(),
         }

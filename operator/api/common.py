@@ -51,7 +51,11 @@ class Resources(PodResources):
     """Worker pods of a training-type job: `nodes` pods, each running `processesPerNode` ranks."""
 
     nodes: int = Field(default=1, ge=1, le=1024)
-    """Worker pods; torchrun's --nnodes."""
+    """Worker pods; torchrun's --nnodes. With minNodes, the most the gang runs with."""
+    min_nodes: int | None = Field(default=None, ge=1, le=1024)
+    """Elastic training: the fewest worker pods the gang goes on with. A lost worker (deleted,
+    evicted, its node gone) other than worker 0 is replaced alone while the others continue
+    from the last checkpoint; the gang grows back when its replacement runs."""
     processes_per_node: int = Field(default=1, ge=1, le=64)
     """Ranks per pod; torchrun's --nproc-per-node. Usually the GPUs per node."""
 
@@ -60,6 +64,12 @@ class Resources(PodResources):
             "self.gpus == 0 || self.processesPerNode <= self.gpus",
             "must not exceed gpus: each process drives one GPU",
             ".processesPerNode",
+        ),
+        Rule(
+            "!has(self.minNodes) || self.minNodes < self.nodes",
+            "must be less than nodes: an elastic gang runs with between minNodes and nodes"
+            " workers (leave minNodes unset for a fixed size)",
+            ".minNodes",
         ),
     )
 

@@ -47,6 +47,8 @@ class TrainConfig(Model):
     output_uri: str
     """Where the trained model is exported (a Hugging Face Llama directory)."""
     nodes: int = 1
+    min_nodes: int | None = None
+    """Elastic: the world is between min_nodes and nodes times processes_per_node ranks."""
     processes_per_node: int = 1
     endpoint_url: str | None = None
     collective_timeout_seconds: int = 600
@@ -60,10 +62,13 @@ class TrainConfig(Model):
     ) -> Resolved:
         """The run's shape on this world, or a ConfigError naming the field that does not fit."""
         t = self.training
-        if world_size != self.nodes * self.processes_per_node:
+        first = self.min_nodes or self.nodes
+        worlds = [n * self.processes_per_node for n in range(first, self.nodes + 1)]
+        elastic = f" (elastic: {first} to {self.nodes} nodes)" if self.min_nodes else ""
+        if world_size not in worlds:
             raise ConfigError(
                 f"world size {world_size} does not match resources.nodes ({self.nodes}) x"
-                f" resources.processesPerNode ({self.processes_per_node})"
+                f" resources.processesPerNode ({self.processes_per_node}){elastic}"
             )
         if self.lora and t.parallelism.strategy == "fsdp":
             raise ConfigError(
@@ -79,12 +84,14 @@ class TrainConfig(Model):
                 f" dataset's sequence length ({sequence_length})"
             )
         sequences = t.global_batch_tokens // sequence_length
+        for world in worlds:  # elastic: every size the gang may run with, checked up front
+            if sequences % (t.micro_batch * world):
+                raise ConfigError(
+                    f"training.globalBatchTokens / sequence length = {sequences} sequences per"
+                    f" step, not a multiple of training.microBatch ({t.micro_batch}) x {world}"
+                    f" ranks{elastic}"
+                )
         per_micro_step = t.micro_batch * world_size
-        if sequences % per_micro_step:
-            raise ConfigError(
-                f"training.globalBatchTokens / sequence length = {sequences} sequences per step,"
-                f" not a multiple of training.microBatch ({t.micro_batch}) x {world_size} ranks"
-            )
         steps = t.steps or t.tokens // t.global_batch_tokens
         if steps < 1:
             raise ConfigError(f"training.tokens ({t.tokens}) is less than one step's batch")

@@ -26,6 +26,7 @@ from lmforge.operator.render.pods import (
     headless_service,
     pod,
 )
+from lmforge.operator.render.scheduling import queue
 from lmforge.operator.render.status import (
     FAILED_PEER_GRACE_SECONDS,
     TERMINAL,
@@ -37,7 +38,7 @@ from lmforge.operator.render.status import (
     retry_or_fail,
     run_state,
 )
-from lmforge.operator.stages.base import Rendezvous, Stage, command
+from lmforge.operator.stages.base import Rendezvous, SpecError, Stage, command
 
 WORKER = "worker"
 RENDEZVOUS = "rendezvous"
@@ -70,10 +71,17 @@ class Gang:
     """How the operator runs a training stage (PretrainJob, FineTune, RewardModel)."""
 
     def check(self, owner: Owner, resource: PretrainJob | FineTune | RewardModel) -> None:
-        """SpecError naming metadata.name when a child's name would not be a valid hostname."""
+        """SpecError naming metadata.name when a child's name would not be a valid hostname, or
+        resources.minNodes when the gang waits in a Kueue queue."""
         last = worker_name(owner.name, resource.spec.resources.nodes - 1)
         check_child_name(last, "last worker pod")  # a hostname: later attempts' names are longer
         check_child_name(service_name(owner.name), "rendezvous Service")
+        if resource.spec.resources.min_nodes and queue(resource):
+            raise SpecError(
+                "spec.resources.minNodes",
+                f"an elastic gang cannot wait in a Kueue queue ({queue(resource)}): Kueue admits"
+                " a pod group of a fixed size; remove minNodes or the queue",
+            )
 
     def children(self, r: Rendering, attempt: int) -> Children:
         """(the ConfigMap and the rendezvous Service, the worker pods of attempt `attempt`)."""
@@ -95,6 +103,9 @@ class Gang:
             RENDEZVOUS_PORT,
             max(1, grace - SHUTDOWN_MARGIN_SECONDS),
             r.resource.spec.run_policy.rendezvous_timeout_seconds,
+            r.resources.min_nodes,
+            worker_address(r.owner, index),
+            f"{r.owner.name}-{attempt}",
         )
         trainer = r.container(CONTAINER, command(r.description, CONFIG_FILE, rendezvous=meeting))
         trainer["ports"] = [{"name": RENDEZVOUS, "containerPort": RENDEZVOUS_PORT}]
@@ -135,7 +146,15 @@ class Gang:
         going = [p for p in workers if p.attempt == attempt and p.terminating]
         stale = tuple(p.name for p in workers if p.attempt != attempt and not p.terminating)
         names = [worker_name(owner.name, i, attempt) for i in range(nodes)]
-        fault = gang_failure(current, names, status.phase, going) or stalled(o, status)
+        replaced: tuple[str, ...] = ()
+        elastic = resource.spec.resources.min_nodes is not None
+        if elastic:  # a worker but 0 that the cluster took is replaced alone; the rest go on
+            lost_ones = [p for i, p in current.items() if i > 0 and _replaceable(p)]
+            replaced = tuple(p.name for p in lost_ones)
+            current = {i: p for i, p in current.items() if p not in lost_ones}
+            going = [p for p in going if p.index == 0]
+        required = names[:1] if elastic else names
+        fault = gang_failure(current, required, status.phase, going) or stalled(o, status)
         if fault:
             whole = tuple(p.name for p in current.values()) + stale
             grace = FAILED_PEER_GRACE_SECONDS
@@ -146,15 +165,29 @@ class Gang:
         if len(current) == nodes and all(p.phase == "Succeeded" for p in current.values()):
             status.succeed(f"all {nodes} workers finished", o.now)
             return Decision(status, attempt)
+        # Elastic: rank 0 exported the model; a replacement that never got to run is not needed.
+        done = 0 in current and current[0].phase == "Succeeded"
+        if elastic and done and all(p.phase in ("Succeeded", "Pending") for p in current.values()):
+            finished = sum(p.phase == "Succeeded" for p in current.values())
+            status.succeed(f"{finished} of {nodes} workers finished (elastic)", o.now)
+            waiting = tuple(p.name for p in current.values() if p.phase == "Pending")
+            return Decision(status, attempt, delete=waiting)
         missing = tuple(n for i, n in enumerate(names) if i not in current)
         if not missing and all(p.phase in ("Running", "Succeeded") for p in current.values()):
             run_state(status, True, conditions.STARTED, f"{nodes} workers running", o.now)
+        elif elastic and status.phase == "Running" and 0 in current:  # smaller for a while
+            running = sum(p.phase == "Running" for p in current.values())
+            message = f"{running}/{nodes} workers running (elastic: lost workers are replaced)"
+            run_state(status, True, conditions.STARTED, message, o.now)
         elif not queued(status, o, list(current.values())):
             run_state(status, False, conditions.CREATED, _waiting(current, nodes), o.now)
-        # An older attempt must be over first: its workers hold the hostnames and resources.
+        # An older attempt must be over first: its workers hold the hostnames and resources;
+        # so must a replaced worker, whose name its replacement takes.
         older = [p for p in workers if p.attempt != attempt or p.terminating]
         busy = stale or any(p.phase not in TERMINAL for p in older)
-        return Decision(status, attempt, create=() if busy else missing, delete=stale)
+        taken = {p.name for p in workers}
+        create = () if busy else tuple(n for n in missing if n not in taken)
+        return Decision(status, attempt, create=create, delete=stale + replaced)
 
 
 def gang_failure(
@@ -173,6 +206,16 @@ def gang_failure(
     started = phase == "Running" or any(p.phase != "Pending" for p in current.values())
     missing = [name for i, name in enumerate(names) if i not in current]
     return lost(missing[0]) if started and missing else None
+
+
+def _replaceable(pod: PodState) -> bool:
+    """An elastic gang's worker that the cluster took away (deleted, evicted, preempted, its
+    node lost), not one whose code failed: the others go on without it until it is back."""
+    found = failure(pod)
+    return found is not None and found.reason in _REPLACEABLE
+
+
+_REPLACEABLE = (conditions.WORKER_LOST, conditions.EVICTED, conditions.PREEMPTED)
 
 
 def stalled(o: Observed, status: TrainingStatus) -> Failure | None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from kubernetes.utils.quantity import parse_quantity
-
 from lmforge.operator.api.common import RunPolicy
 from lmforge.operator.api.resource import Resource
 from lmforge.operator.render.names import Owner, metadata
@@ -98,6 +96,9 @@ def placement(
 def _total(pods: list[dict[str, Any]]) -> dict[str, str]:
     """What the whole gang requests, summed over its pods' containers (the scheduler checks
     that much is free before it binds any)."""
+    # Imported here: `kubernetes` loads its whole client, which the renderers otherwise never do.
+    from kubernetes.utils.quantity import parse_quantity
+
     totals: dict[str, Any] = {}
     for pod in pods:
         for container in pod["spec"]["containers"]:

@@ -64,6 +64,19 @@ class Rendezvous(NamedTuple):
     """How long torchrun gives its workers after SIGTERM before it kills them."""
     timeout_seconds: int = 600
     """How long the nodes wait for each other (runPolicy.rendezvousTimeoutSeconds)."""
+    min_nodes: int | None = None
+    """Elastic (resources.minNodes): torchrun's c10d rendezvous, between min_nodes and nodes."""
+    local_address: str = ""
+    """Elastic: this node's DNS name, which orders the ranks (worker 0 holds rank 0)."""
+    run_id: str = ""
+    """Elastic: the rendezvous' name, the same for every node of one attempt."""
+
+
+ELASTIC_RESTARTS = 100
+"""How often an elastic gang's torchrun restarts its workers: once per change of membership
+(a node lost or back) and per failure of the code, which the operator does not see."""
+LAST_CALL_SECONDS = 15
+"""Once minNodes have met, how long an elastic rendezvous waits for more before it goes on."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,8 @@ def command(
 ) -> list[str]:
     """The argv that launches a description's job: a plain process, or torchrun with every rank
     on this machine (standalone) or with this node's ranks of a multi-node gang (`rendezvous`).
-    The gang's torchrun never restarts workers itself: the backend restarts the whole gang."""
+    A fixed gang's torchrun never restarts workers itself: the backend restarts the whole gang;
+    an elastic one's does, whenever the gang's membership changes."""
     job = ["-m", description.module, "--config", config_path]
     if description.ranks is None:
         return [python, *job]
@@ -99,6 +113,27 @@ def command(
     torchrun = [python, "-m", "torch.distributed.run"]
     if rendezvous is None:
         return [*torchrun, "--standalone", f"--nproc-per-node={nodes * per_node}", *job]
+    if rendezvous.min_nodes:
+        conf = (
+            f"join_timeout={rendezvous.timeout_seconds},last_call_timeout={LAST_CALL_SECONDS},"
+            f"is_host={int(rendezvous.node_rank == 0)}"
+        )
+        return [
+            *torchrun,
+            f"--nnodes={rendezvous.min_nodes}:{nodes}",
+            f"--nproc-per-node={per_node}",
+            # c10d: the nodes meet at worker 0, which holds the store; ranks follow the local
+            # addresses' order. A lost node restarts the others' workers with fewer ranks, a
+            # node that joins restarts them with more; each resumes from the last checkpoint.
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.address}:{rendezvous.port}",
+            f"--rdzv-id={rendezvous.run_id}",
+            f"--rdzv-conf={conf}",
+            f"--local-addr={rendezvous.local_address}",
+            f"--max-restarts={ELASTIC_RESTARTS}",
+            f"--shutdown-timeout={rendezvous.shutdown_seconds}",
+            *job,
+        ]
     return [
         *torchrun,
         f"--nnodes={nodes}",

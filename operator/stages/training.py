@@ -122,6 +122,7 @@ def _run(job: PretrainJob | FineTune | RewardModel, store: Store) -> dict[str, A
         "output_uri": f"{folder}/model",
         "checkpoint_uri": spec.training.checkpoint.uri or f"{folder}/checkpoints",
         "nodes": spec.resources.nodes,
+        "min_nodes": spec.resources.min_nodes,
         "processes_per_node": spec.resources.processes_per_node,
         "endpoint_url": store.endpoint_url,
         "collective_timeout_seconds": spec.run_policy.collective_timeout_seconds,

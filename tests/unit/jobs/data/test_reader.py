@@ -1,4 +1,5 @@
-"""The shard reader: disjoint rank partitions, deterministic shuffles, exact resume."""
+"""The shard reader: disjoint rank partitions, deterministic shuffles, exact resume, on any world
+size."""
 
 import numpy as np
 import pytest
@@ -46,10 +47,10 @@ def test_shuffle_is_deterministic_by_seed_and_changes_by_epoch(dataset):
     assert take(ShardReader(dataset, seed=1), 3) == take(ShardReader(dataset, seed=1), 3)
     assert take(ShardReader(dataset, seed=1), 3) != take(ShardReader(dataset, seed=2), 3)
     reader = ShardReader(dataset, world_size=1)
-    epochs = take(reader, 50)  # 25 batches of 4 per epoch: 100 of the 103 sequences
-    assert len(set(epochs[:100])) == len(set(epochs[100:])) == 100
-    assert epochs[:100] != epochs[100:]
-    assert reader.epoch == 1
+    epochs = take(reader, 52)  # 208 sequences: every one of the 103 once per epoch, then 2 more
+    assert sorted(epochs[:103]) == sorted(epochs[103:206]) == list(range(103))
+    assert epochs[:103] != epochs[103:206]
+    assert (reader.epoch, reader.position) == (2, 2)
 
 
 def test_resume_from_state_replays_nothing(dataset):
@@ -62,12 +63,43 @@ def test_resume_from_state_replays_nothing(dataset):
     assert head + take(second, 6) == straight
 
 
-def test_state_from_another_world_size_is_refused(dataset):
-    state = ShardReader(dataset, world_size=2).state_dict()
-    with pytest.raises(
-        ValueError, match="saved for world size 2 and seed 0 cannot resume with world size 4"
-    ):
-        ShardReader(dataset, world_size=4).load_state_dict(state)
+def windows(readers: list[ShardReader], steps: int, size: int, window: int) -> list[list[int]]:
+    """What each optimizer step trains on: every rank's batches of a window, in rank order."""
+    streams = [r.batches(size, window) for r in readers]
+    share = window // len(readers) // size
+    return [
+        [i for stream in streams for _ in range(share) for i in ids(next(stream))]
+        for _ in range(steps)
+    ]
+
+
+def world(dataset, size: int, state=None) -> list[ShardReader]:
+    readers = [ShardReader(dataset, seed=7, rank=r, world_size=size) for r in range(size)]
+    for reader in readers:
+        if state:
+            reader.load_state_dict(state)
+    return readers
+
+
+def test_a_step_reads_the_same_sequences_on_any_world_size(dataset):
+    """An elastic gang: 2 ranks, then 1, then 4, read what 2 ranks read throughout (a window of
+    8 sequences a step, 12 steps an epoch: this crosses into the second epoch)."""
+    straight = windows(world(dataset, 2), 15, 4, 8)
+    two = world(dataset, 2)
+    elastic = windows(two, 5, 4, 8)
+    assert two[0].state_dict() == two[1].state_dict() == {
+        "epoch": 0, "position": 40, "seed": 7, "total": 103}  # fmt: skip
+    one = world(dataset, 1, two[0].state_dict())
+    elastic += windows(one, 5, 4, 8)  # two batches of 4 on the one rank
+    elastic += windows(world(dataset, 4, one[0].state_dict()), 5, 2, 8)
+    assert elastic == straight
+    assert straight[0] != straight[1] and len(set(straight[0])) == 8
+
+
+def test_state_from_another_seed_is_refused(dataset):
+    state = ShardReader(dataset, seed=1).state_dict()
+    with pytest.raises(ValueError, match="saved for seed 1 and 103 sequences cannot resume"):
+        ShardReader(dataset, seed=2).load_state_dict(state)
 
 
 def test_an_incomplete_dataset_is_refused(tmp_path):
@@ -77,11 +109,16 @@ def test_an_incomplete_dataset_is_refused(tmp_path):
         ShardReader(tmp_path.as_uri())
 
 
-def test_rows_in_memory_and_a_batch_larger_than_a_rank_gets_refused():
+def test_rows_in_memory_and_steps_larger_than_the_data():
     rows = np.arange(5 * 2 * 3).reshape(5, 2, 3)  # fine-tuning rows: inputs and targets
     reader = ArrayReader(rows, "validation", rank=1, world_size=2, seed=3)
     assert len(reader) == 2
     first = next(reader.batches(2))
     assert first.shape == (2, 2, 3) and all(any((r == x).all() for x in rows) for r in first)
-    with pytest.raises(ValueError, match="2 sequences per rank, fewer than a batch of 3"):
-        reader.batches(3)
+    # A step larger than the data runs on into the next epoch: from sequence 4 (the first
+    # window), three windows of 6 end at sequence 22 of the epochs of 5, epoch 4's third.
+    stream = reader.batches(3)
+    assert [len(next(stream)) for _ in range(3)] == [3, 3, 3]
+    assert (reader.epoch, reader.position) == (4, 2)
+    with pytest.raises(ValueError, match="a step's 6 sequences do not split into batches of 2"):
+        ArrayReader(rows, rank=0, world_size=4).batches(2, 6)

@@ -114,3 +114,29 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, dataset):
     a, b = losses(eager), losses(compiled)
     assert a.keys() == b.keys() == {1, 2, 3, 4}
     assert all(abs(a[s] - b[s]) < 1e-3 * a[s] for s in a), (a, b)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_elastic_run_resumes_on_fewer_and_more_ranks(tmp_path, dataset, strategy):
+    """resources.minNodes: 2 ranks, preempted; 1 rank (DCP reshards, rank 0's data position and
+    schedule), preempted; 2 ranks to the end. Every step trains on the sequences the
+    uninterrupted 2-rank run's step did, so the losses agree to float rounding (the sums run in
+    another order), and the step never goes back."""
+    straight, elastic = tmp_path / "straight", tmp_path / "elastic"
+    cfg = {**config(straight, dataset, strategy, steps=30, checkpoint={"everySteps": 100}),
+           "nodes": 2, "minNodes": 1, "processesPerNode": 1}  # fmt: skip
+    assert train(straight, cfg).returncode == 0
+    cfg |= {"checkpointUri": (elastic / "checkpoints").as_uri(),
+            "outputUri": (elastic / "model").as_uri()}  # fmt: skip
+    assert train(elastic, cfg, stop_at=3, sig=signal.SIGTERM).returncode != 0
+    first = events(elastic, "preempted")[-1]["step"]
+    assert train(elastic, cfg, stop_at=first + 3, sig=signal.SIGTERM, nproc=1).returncode != 0
+    second = events(elastic, "preempted")[-1]["step"]
+    result = train(elastic, cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumes = [(e["step"], e["worldSize"]) for e in events(elastic, "resume")]
+    assert resumes == [(first, 1), (second, 2)] and 0 < first < second < 30
+    assert sorted(losses(elastic)) == list(range(1, 31))
+    assert losses(elastic) == pytest.approx(losses(straight), rel=1e-4)
+    expected, got = weights(straight), weights(elastic)
+    assert all(expected[k].allclose(got[k], atol=1e-4) for k in expected)

@@ -327,6 +327,71 @@ def test_the_same_observation_gives_the_same_plan(decide):
 # ----- the gang's pods -----
 
 
+ELASTIC = {"nodes": 3, "minNodes": 1, "processesPerNode": 2, "cpu": "4", "memory": "8Gi"}
+
+
+@pytest.fixture
+def elastic(observed, resource, owner):
+    """One pass over `tiny` as an elastic gang: 1 to 3 workers."""
+
+    def run(**fields):
+        job = resource(resources=ELASTIC)
+        decision = GANG.decide(observed(**fields), owner(), job, STAGES["PretrainJob"])
+        return dataclasses.replace(decision, status=decision.status.wire())
+
+    return run
+
+
+def test_an_elastic_gang_replaces_a_lost_worker_alone(elastic):
+    # Evicted: deleted and replaced once gone; the others run on, nothing counted.
+    evicted = worker(1, "Failed", reason="Evicted", message="The node was low on memory.")
+    plan = elastic(previous=STARTED, pods=(worker(0), evicted, worker(2)))
+    assert plan.delete == ("tiny-worker-1",) and plan.create == () and plan.attempt == 0
+    assert plan.status["phase"] == "Running" and plan.status.get("restarts", 0) == 0
+    assert plan.status.get("failures", 0) == 0
+    assert condition(plan.status, conditions.RUNNING)["message"] == (
+        "2/3 workers running (elastic: lost workers are replaced)"
+    )
+    # Deleted by someone (a drain): it goes with its grace period, then comes back.
+    leaving = worker(1, terminating=True)
+    assert elastic(previous=STARTED, pods=(worker(0), leaving, worker(2))).create == ()
+    plan = elastic(previous=STARTED, pods=(worker(0), worker(2)))
+    assert plan.create == ("tiny-worker-1",) and plan.status.get("restarts", 0) == 0
+    # Its node stopped reporting.
+    plan = elastic(previous=STARTED, pods=(worker(0), worker(1), worker(2, "Unknown")))
+    assert plan.delete == ("tiny-worker-2",) and plan.attempt == 0
+
+
+def test_an_elastic_gang_restarts_whole_for_worker_zero_or_its_own_failure(elastic):
+    """Worker 0 holds the rendezvous and rank 0; code that fails is not the cluster's doing."""
+    plan = elastic(previous=STARTED, pods=(worker(1), worker(2)))
+    assert plan.attempt == 1 and plan.status["restarts"] == 1
+    assert "tiny-worker-0 disappeared" in condition(plan.status, conditions.RUNNING)["message"]
+    plan = elastic(previous=STARTED, pods=(worker(0), worker(1, "Failed", **OOM), worker(2)))
+    assert plan.attempt == 1 and plan.status["failures"] == 1
+
+
+def test_an_elastic_gang_succeeds_with_rank_zero(elastic):
+    # The replacement never ran: not needed once rank 0 exported the model.
+    pods = (worker(0, "Succeeded"), worker(1, "Pending"), worker(2, "Succeeded"))
+    plan = elastic(previous=STARTED, pods=pods)
+    assert plan.status["phase"] == "Succeeded" and plan.delete == ("tiny-worker-1",)
+    still = (worker(0, "Succeeded"), worker(1), worker(2, "Succeeded"))
+    assert elastic(previous=STARTED, pods=still).status["phase"] == "Running"
+
+
+def test_an_elastic_gang_meets_with_c10d_between_min_and_max(render, resource):
+    for index, pod in enumerate(render(resource(resources=ELASTIC), attempt=2).pods):
+        command = command_of(pod)
+        assert "--nnodes=1:3" in command and "--nproc-per-node=2" in command
+        assert "--rdzv-backend=c10d" in command and "--rdzv-id=tiny-2" in command
+        assert "--rdzv-endpoint=tiny-worker-0.tiny-workers.team-a.svc:29500" in command
+        assert f"--local-addr=tiny-worker-{index}.tiny-workers.team-a.svc" in command
+        conf = f"--rdzv-conf=join_timeout=600,last_call_timeout=15,is_host={int(index == 0)}"
+        assert conf in command and "--max-restarts=100" in command
+        assert not [a for a in command if a.startswith("--node-rank")]
+
+
 class Children(NamedTuple):
     config_map: dict
     service: dict
@@ -495,3 +560,9 @@ def test_names_that_cannot_be_hostnames_are_refused(resource, owner, name, nodes
     with pytest.raises(SpecError) as error:
         GANG.check(owner(name=name), job)
     assert error.value.field == "metadata.name"
+
+
+def test_an_elastic_gang_cannot_wait_in_a_kueue_queue(resource, owner):
+    job = resource(resources=ELASTIC, runPolicy={"schedulingPolicy": {"queue": "team"}})
+    with pytest.raises(SpecError, match=r"spec.resources.minNodes: an elastic gang cannot wait"):
+        GANG.check(owner(), job)
