@@ -109,6 +109,10 @@ class Gang:
         )
         trainer = r.container(CONTAINER, command(r.description, CONFIG_FILE, rendezvous=meeting))
         trainer["ports"] = [{"name": RENDEZVOUS, "containerPort": RENDEZVOUS_PORT}]
+        if r.resources.min_nodes:
+            # torch's shared rendezvous store publishes its address in the first round only, so
+            # a node that joins a later round (a replacement) would wait for it forever.
+            trainer["env"].append({"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"})
         volumes = []
         if r.resources.gpus:  # NCCL needs more shared memory than a container's default 64 MiB
             trainer["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -193,12 +197,20 @@ class Gang:
 def gang_failure(
     current: dict[int, PodState], names: list[str], phase: str | None, going: list[PodState]
 ) -> Failure | None:
-    """The first failed worker, or one of this attempt that someone else is deleting (Kueue's
-    preemption, a drain), or the first missing one once the gang had started."""
-    for index in sorted(current):
-        found = failure(current[index])
-        if found:
-            return found
+    """The failed worker that started it, or one of this attempt that someone else is deleting
+    (Kueue's preemption, a drain), or the first missing one once the gang had started. When
+    several failed, torchrun's plain exit 1 (one of its ranks raised) is most likely what a
+    lost peer did to them: the cause is a failure of another class (OOMKilled, a signal's exit
+    code) if there is one, else the earliest."""
+    failed = [(f, p) for p in current.values() if (f := failure(p))]
+    if failed:
+
+        def cause(found: tuple[Failure, PodState]) -> tuple[bool, str, int]:
+            fault, pod = found
+            plain = fault.reason == conditions.JOB_FAILED and (pod.exit_code or 0) <= 128
+            return plain, pod.finished_at, pod.index
+
+        return min(failed, key=cause)[0]
     for leaving in going:
         if leaving.disrupted or leaving.phase == "Failed":
             preempted = f"{leaving.name} was preempted (stopped with SIGTERM)"

@@ -51,6 +51,8 @@ class PodState:
     TerminationTarget (its Workload was evicted)."""
     gated: bool = False
     """Held by a scheduling gate (Kueue's, until its pod group is admitted)."""
+    finished_at: str = ""
+    """When the deciding container terminated (RFC 3339, to the second), if it did."""
 
     @property
     def active(self) -> bool:
@@ -91,6 +93,7 @@ def observe(pod: dict[str, Any]) -> PodState:
         waiting="" if waiting.get("reason") == "ContainerCreating" else waiting_text,
         disrupted=disrupted,
         gated=bool((pod.get("spec") or {}).get("schedulingGates")),
+        finished_at=terminated.get("finishedAt") or "",
     )
 
 

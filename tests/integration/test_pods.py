@@ -275,7 +275,7 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster, nam
     gone = cluster("get", "pods", "-n", namespace, "-o", "name")
     watch.terminate()
     ended = {}
-    for event in json.loads("[" + re.sub(r"}\s*{", "},{", watch.communicate()[0]) + "]"):
+    for event in whole_documents(watch.communicate()[0]):
         pod = event["object"]
         for status in pod["status"].get("containerStatuses", []):
             if "terminated" in status["state"]:
@@ -321,3 +321,15 @@ def test_nodes_are_ready_and_renew_their_leases(cluster):
         age = datetime.now(UTC).replace(tzinfo=None) - renewed
         assert lease["holderIdentity"] == name
         assert age.total_seconds() < lease["leaseDurationSeconds"], (name, lease)
+
+
+def whole_documents(text: str) -> list[dict]:
+    """The JSON documents of a stream, less the last one if it was cut off (the writer stopped)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := re.compile(r"\s*").match(text, at).end()) < len(text):
+        try:
+            document, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break
+        found.append(document)
+    return found

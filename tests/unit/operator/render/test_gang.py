@@ -131,6 +131,18 @@ def test_one_failed_worker_restarts_the_whole_gang(decide):
 PREEMPTED = {"exit_code": 143, "reason": "Error"}
 
 
+def test_the_worker_that_failed_first_is_named(decide):
+    """A killed worker-1 makes worker-0's torchrun exit 1 moments later: worker-1 is the cause."""
+    at = "2026-11-01T11:59:00Z"
+    peer = worker(0, "Failed", exit_code=1, reason="Error", finished_at=at)
+    killed = worker(1, "Failed", exit_code=137, reason="Error", finished_at=at)
+    plan = decide(previous=STARTED, pods=(peer, killed, worker(2)))
+    assert "tiny-worker-1 exited with 137" in condition(plan.status, conditions.RUNNING)["message"]
+    later = worker(1, "Failed", exit_code=1, reason="Error", finished_at="2026-11-01T11:59:01Z")
+    plan = decide(previous=STARTED, pods=(later, peer, worker(2)))
+    assert "tiny-worker-0 exited with 1" in condition(plan.status, conditions.RUNNING)["message"]
+
+
 def test_a_preemption_restarts_without_using_the_budget(decide):
     previous = {**STARTED, "restarts": 4, "failures": 3}  # the budget is spent
     pods = (*gang("Running", "Running", attempt=4), worker(2, "Failed", 4, **PREEMPTED))
@@ -390,6 +402,10 @@ def test_an_elastic_gang_meets_with_c10d_between_min_and_max(render, resource):
         conf = f"--rdzv-conf=join_timeout=600,last_call_timeout=15,is_host={int(index == 0)}"
         assert conf in command and "--max-restarts=100" in command
         assert not [a for a in command if a.startswith("--node-rank")]
+        (trainer,) = pod["spec"]["containers"]
+        assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in trainer["env"]
+    fixed = render(resource(), attempt=0).pods[0]["spec"]["containers"][0]
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in {e["name"] for e in fixed["env"]}
 
 
 class Children(NamedTuple):
