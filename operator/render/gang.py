@@ -194,6 +194,13 @@ class Gang:
         return Decision(status, attempt, create=create, delete=stale + replaced)
 
 
+def _cause_first(found: tuple[Failure, PodState]) -> tuple[bool, str, int]:
+    """Orders failed workers: another class before torchrun's plain exit 1, then the earliest."""
+    fault, pod = found
+    plain = fault.reason == conditions.JOB_FAILED and (pod.exit_code or 0) <= 128
+    return plain, pod.finished_at, pod.index
+
+
 def gang_failure(
     current: dict[int, PodState], names: list[str], phase: str | None, going: list[PodState]
 ) -> Failure | None:
@@ -204,13 +211,7 @@ def gang_failure(
     code) if there is one, else the earliest."""
     failed = [(f, p) for p in current.values() if (f := failure(p))]
     if failed:
-
-        def cause(found: tuple[Failure, PodState]) -> tuple[bool, str, int]:
-            fault, pod = found
-            plain = fault.reason == conditions.JOB_FAILED and (pod.exit_code or 0) <= 128
-            return plain, pod.finished_at, pod.index
-
-        return min(failed, key=cause)[0]
+        return min(failed, key=_cause_first)[0]
     for leaving in going:
         if leaving.disrupted or leaving.phase == "Failed":
             preempted = f"{leaving.name} was preempted (stopped with SIGTERM)"

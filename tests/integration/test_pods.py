@@ -323,10 +323,13 @@ def test_nodes_are_ready_and_renew_their_leases(cluster):
         assert age.total_seconds() < lease["leaseDurationSeconds"], (name, lease)
 
 
+SPACE = re.compile(r"\s*")
+
+
 def whole_documents(text: str) -> list[dict]:
     """The JSON documents of a stream, less the last one if it was cut off (the writer stopped)."""
     decoder, found, at = json.JSONDecoder(), [], 0
-    while (at := re.compile(r"\s*").match(text, at).end()) < len(text):
+    while (at := SPACE.match(text, at).end()) < len(text):
         try:
             document, at = decoder.raw_decode(text, at)
         except json.JSONDecodeError:
