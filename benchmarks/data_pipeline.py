@@ -51,11 +51,10 @@ def write_corpus(folder: Path, parts: int, max_docs: int | None) -> dict[str, An
     source = Source(uri="stdlib://**/*.py")
     docs = []
     for file in sources.list_files([source])[:max_docs]:
-        try:
-            _, texts = sources.read(file, source)
-        except sources.SourceError:  # not UTF-8: lmforge skips the file, so we do too
-            continue
-        docs.append({"text": texts[0], "id": file.uri})
+        reading = sources.Reading()
+        texts = list(sources.read(file, source, reading, max_bytes=1 << 30))
+        if texts:  # a file that is not UTF-8 has none: lmforge skips it, so we do too
+            docs.append({"text": texts[0], "id": file.uri})
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(len(d["text"].encode()) for d in docs)
     part, size, out = 0, 0, None
@@ -110,19 +109,10 @@ def lmforge_spec(work: Path, pii: bool, workers: int):
 
 
 def run_lmforge(work: Path, pii: bool, workers: int) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
     from lmforge.jobs.data import pipeline, sources
-    from lmforge.jobs.data.dedup import NearDuplicateIndex
 
-    # The manifest counts near duplicates but does not list them; the quality check needs each
-    # decision, so record them where they are made (a dict write per document: no cost).
-    decisions: dict[str, str | None] = {}
-    decide = NearDuplicateIndex.representative
-
-    def recording(index, key, *args):
-        decisions[key] = decide(index, key, *args)
-        return decisions[key]
-
-    NearDuplicateIndex.representative = recording
     out = work / f"out-lmforge-{'full' if pii else 'same'}"
     shutil.rmtree(out, ignore_errors=True)  # a complete dataset there would make run() a no-op
     started = time.perf_counter()
@@ -133,6 +123,11 @@ def run_lmforge(work: Path, pii: bool, workers: int) -> dict[str, Any]:
     for path in sorted((work / "corpus").glob("*.jsonl")):
         for index, line in enumerate(path.read_text().splitlines()):
             ids[sources.document_id(path.as_uri(), index)] = json.loads(line)["id"]
+    # The removed documents' audit rows name each near duplicate's kept twin; every document
+    # that reached near deduplication and is not a near duplicate was kept.
+    rows = pq.read_table(out / manifest["audit"]["removed"]).to_pylist()
+    near = {ids[r["id"]]: ids[r["duplicateOf"]] for r in rows if r["stage"] == "nearDuplicates"}
+    gone = {ids[r["id"]] for r in rows}
     splits = manifest["splits"].values()
     return {
         "wall": wall,
@@ -141,8 +136,8 @@ def run_lmforge(work: Path, pii: bool, workers: int) -> dict[str, Any]:
         "pii": audit["pii"],
         "kept": audit["documents"]["kept"],
         "tokens": sum(s["tokens"] for s in splits),
-        "nearRemoved": {ids[k]: ids[v] for k, v in decisions.items() if v},
-        "nearKept": [ids[k] for k, v in decisions.items() if not v],
+        "nearRemoved": near,
+        "nearKept": [doc for doc in ids.values() if doc not in gone],
     }
 
 

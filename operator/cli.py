@@ -96,6 +96,13 @@ def data_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_why(args: argparse.Namespace) -> int:
+    """The answer is read by the data job's module (the data extra: pyarrow), in this place."""
+    command = [sys.executable, "-m", "lmforge.jobs.data.audit", args.dataset, args.id]
+    command += ["--endpoint-url", args.endpoint_url] if args.endpoint_url else []
+    os.execv(sys.executable, command)
+
+
 def data_summary(done: dict, output_uri: str):
     """The table `lmforge data run` prints: each split's figures from the job's done event."""
     from rich.table import Table
@@ -286,6 +293,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("-f", "--file", type=Path, required=True, help="a file with one Dataset")
     sub.add_argument("--output", help="output URI (default: spec.output.uri, else under storage)")
     sub.set_defaults(run=data_run)
+    sub = data.add_parser("why", help="why a document is not in a Dataset (its audit row)")
+    sub.add_argument("dataset", help="the Dataset's status.manifestURI, or its folder")
+    sub.add_argument("id", help="the document's id, as audit.json and the removed/ rows name it")
+    sub.add_argument("--endpoint-url", help="the S3 endpoint, when the URI is s3://")
+    sub.set_defaults(run=data_why)
 
     sub = commands.add_parser("run", help="run resources here, in reference order (the quickstart)")
     sub.add_argument("-f", "--file", type=Path, required=True, help="a YAML file or a folder")

@@ -1,9 +1,17 @@
-"""Deduplication across the whole corpus: exact (content hash) and near (MinHash + LSH).
+"""Deduplication across the whole corpus, as datatrove and NeMo-Curator do it at scale.
 
-Signatures are computed where the documents are read (in parallel); the decisions are made in
-one place, in the corpus's order, so the first document of each cluster is kept on any engine.
+Where documents are read, each becomes records: its content hash (exact duplicates) and, per
+LSH band, a hash of that band of its MinHash signature with a one-byte-per-value sketch of the
+whole signature (near duplicates). Records are spilled to storage partitioned by hash, so one
+partition holds every record that can collide with another; each partition is resolved on its
+own (`exact_edges`, `near_edges`: sort, group, and for near duplicates confirm each candidate by
+the similarity its sketch estimates), and the edges from all partitions are merged with
+union-find. The smallest key (corpus order) of a cluster is kept: the same on any engine, any
+number of workers or partitions.
+
 Shingles are hashed and min-hashed with numpy, a whole document at a time: hashing each shingle
-in a Python loop (datasketch's update_batch) cost more than every other per-document stage.
+in a Python loop (datasketch's update_batch) cost more than every other per-document stage, and
+datasketch's MinHashLSH holds its index in one process's memory.
 """
 
 from __future__ import annotations
@@ -11,16 +19,16 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from lmforge.operator.api.dataset import NearDuplicates
 
+EXACT = np.dtype([("hash", "<u8", 2), ("key", "<i8")])
+"""An exact-duplicate record: the document's content hash, and its key (its corpus order)."""
 
-def content_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
+def content_hash(text: str) -> np.ndarray:
+    return np.frombuffer(hashlib.blake2b(text.encode(), digest_size=16).digest(), "<u8")
 
-SCHEME = MinHash(16).scheme  # datasketch's default, for the LSH index's MinHash objects
 
 _SPACE = ord(" ")
 _GOLDEN, _MIX1, _MIX2 = (np.uint64(c) for c in
@@ -111,44 +119,89 @@ class Signer:
         return signature
 
 
-class NearDuplicateIndex:
-    """Keeps the first of every group of documents whose Jaccard similarity is >= threshold.
+def near_dtype(config: NearDuplicates) -> np.dtype:
+    """A near-duplicate record: one band's bucket, the key, and the signature's sketch."""
+    return np.dtype([("bucket", "<u8"), ("key", "<i8"), ("sketch", "u1", config.permutations)])
 
-    LSH over the signatures finds the candidates. Given the texts, each candidate is confirmed
-    with the exact Jaccard of the two documents' shingles: with ~128 permutations the estimate
-    is off by ~0.04 at 0.8, enough to drop documents just under the threshold and keep some
-    just over it. Without texts, the estimate decides.
-    """
 
-    def __init__(self, config: NearDuplicates):
-        self.config = config
-        rows = config.permutations // config.bands
-        self.lsh = MinHashLSH(num_perm=config.permutations, params=(config.bands, rows))
-        # MinHash objects only carry our signatures into the LSH index; giving them permutations
-        # saves drawing new (unused) ones for every document.
-        self.permutations = MinHash(config.permutations, scheme=SCHEME).permutations
-        self.kept: dict[str, np.ndarray] = {}
-        self.texts: dict[str, str] = {}
+def near_records(keys: np.ndarray, signatures: np.ndarray, config: NearDuplicates) -> np.ndarray:
+    """A record per document and band, for documents' keys and their signatures."""
+    records = np.empty((len(keys), config.bands), near_dtype(config))
+    records["bucket"] = np.stack([buckets(s, config.bands) for s in signatures])
+    records["key"] = keys[:, None]
+    records["sketch"] = sketch(signatures)[:, None, :]
+    return records.reshape(-1)
 
-    def representative(
-        self, key: str, signature: np.ndarray, text: str | None = None
-    ) -> str | None:
-        """The kept document this one duplicates; None (and it is kept) if there is none."""
-        sketch = MinHash(hashvalues=signature, permutations=self.permutations, scheme=SCHEME)
-        own = None
-        scores = []
-        for candidate in self.lsh.query(sketch):
-            if text is not None and candidate in self.texts:
-                own = shingles(text, self.config.shingle_size) if own is None else own
-                other = shingles(self.texts[candidate], self.config.shingle_size)
-                scores.append((jaccard(own, other), candidate))
-            else:
-                scores.append((float(np.mean(self.kept[candidate] == signature)), candidate))
-        matches = [s for s in scores if s[0] >= self.config.threshold]
-        best = min(matches, key=lambda s: (-s[0], s[1]))[1] if matches else None
-        if best is None:
-            self.lsh.insert(key, sketch, check_duplication=False)
-            self.kept[key] = signature
-            if text is not None:
-                self.texts[key] = text
-        return best
+
+def buckets(signature: np.ndarray, bands: int) -> np.ndarray:
+    """One hash per band of the signature, distinct across bands (band i's rows and i)."""
+    rows = signature.reshape(bands, -1)
+    combined = np.arange(bands, dtype=np.uint64) * _GOLDEN
+    for column in rows.T:
+        combined = _mix(combined * _GOLDEN + column)
+    return combined
+
+
+def sketch(signature: np.ndarray) -> np.ndarray:
+    """The low byte of each MinHash value (b-bit minwise hashing, Li and Konig 2010): two
+    documents' bytes agree with probability J + (1 - J) / 256 for Jaccard similarity J."""
+    return (signature & np.uint64(0xFF)).astype(np.uint8)
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, the similarity two arrays of sketches estimate."""
+    agree = (a == b).mean(axis=-1)
+    return (agree - 1 / 256) / (1 - 1 / 256)
+
+
+def exact_edges(records: np.ndarray) -> np.ndarray:
+    """(duplicate, kept) key pairs: every document whose content hash a smaller key has."""
+    order = np.lexsort((records["key"], records["hash"][:, 1], records["hash"][:, 0]))
+    hashes, keys = records["hash"][order], records["key"][order]
+    same = np.zeros(len(keys), dtype=bool)
+    same[1:] = (hashes[1:] == hashes[:-1]).all(axis=1)
+    return _to_first(keys, same, np.ones(len(keys), dtype=bool))
+
+
+def near_edges(records: np.ndarray, threshold: float) -> np.ndarray:
+    """(candidate, first) key pairs: each document sharing a bucket with a smaller key whose
+    similarity to that first key, estimated from their sketches, is at least the threshold."""
+    order = np.lexsort((records["key"], records["bucket"]))
+    records = records[order]
+    same = np.zeros(len(records), dtype=bool)
+    same[1:] = records["bucket"][1:] == records["bucket"][:-1]
+    first = _firsts(same)
+    similar = estimated_jaccard(records["sketch"], records["sketch"][first]) >= threshold
+    return _to_first(records["key"], same, similar)
+
+
+def _firsts(same: np.ndarray) -> np.ndarray:
+    """For each row of sorted groups (same: the row's group is the previous row's), the index of
+    its group's first row."""
+    starts = np.where(same, 0, np.arange(len(same)))
+    return np.maximum.accumulate(starts) if len(same) else starts
+
+
+def _to_first(keys: np.ndarray, same: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    first = _firsts(same)
+    chosen = same & keep & (keys != keys[first])
+    return np.stack([keys[chosen], keys[first][chosen]], axis=1)
+
+
+class UnionFind:
+    """Clusters of keys; a cluster's root is its smallest key, the document that is kept."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, key: int) -> int:
+        parent = self.parent
+        while (up := parent.get(key, key)) != key:
+            parent[key] = grand = parent.get(up, up)  # path halving
+            key = grand
+        return key
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)

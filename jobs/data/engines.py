@@ -1,4 +1,6 @@
-"""Where per-file work runs: local processes (the default) or Ray Data. Results keep input order."""
+"""Where the pipeline's work runs: local processes (the default) or Ray Data. Results keep input
+order. A worker that dies (the kernel's OOM killer, a signal) fails the job at once with
+WorkerLost instead of leaving it waiting."""
 
 from __future__ import annotations
 
@@ -6,20 +8,20 @@ import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Iterator
+from multiprocessing import connection
 from typing import Any
 
 from lmforge.operator.api.dataset import Engine
 
-_work: Callable[[Any], Any] | None = None
+LOST = (
+    "a data worker died while working ({cause}); the kernel's OOM killer is the usual cause:"
+    " give each worker more memory (spec.resources.memory, and spec.engine.workerMemoryMiB to"
+    " match) or run fewer at once (spec.engine.workers)"
+)
 
 
-def _install(work: Callable[[Any], Any]) -> None:
-    global _work
-    _work = work
-
-
-def _call(item: Any) -> Any:
-    return _work(item)
+class WorkerLost(RuntimeError):
+    """A worker process died mid-task."""
 
 
 def workers(engine: Engine) -> int:
@@ -30,16 +32,69 @@ def run(work: Callable[[Any], Any], items: list[Any], engine: Engine) -> Iterato
     """work(item) for every item, in order."""
     if engine.type == "ray":
         return _ray(work, items, engine)
-    if workers(engine) == 1 or len(items) == 1:
+    if len(items) == 1:
         return map(work, items)
     return _local(work, items, workers(engine))
 
 
 def _local(work: Callable[[Any], Any], items: list[Any], count: int) -> Iterator[Any]:
-    # fork: the workers inherit `work` (compiled regexes, MinHash permutations) without pickling.
+    """Each item in a process of its own, forked when it starts (it inherits `work`, compiled
+    regexes and MinHash permutations, without pickling) and gone when it ends: the memory that
+    native libraries fragment over many items (tokenizers, Arrow: 5-10 MiB a batch here) goes
+    back with it, so a worker's peak does not grow with the corpus. Plain processes and pipes,
+    so nothing else runs in this process when it forks; and a dead worker is noticed at once
+    (multiprocessing.Pool replaces a killed worker and waits for its task forever)."""
     context = multiprocessing.get_context("fork")
-    with context.Pool(min(count, len(items)), initializer=_install, initargs=(work,)) as pool:
-        yield from pool.imap(_call, items)
+    running: dict[
+        int, tuple[Any, Any]
+    ] = {}  # item index -> (process, the pipe its result comes by)
+    done: dict[int, Any] = {}
+    started = given = 0
+    try:
+        while given < len(items):
+            while len(running) < count and started < len(items):
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(work, items[started], sender))
+                process.start()
+                sender.close()
+                running[started] = process, receiver
+                started += 1
+            ready = set(connection.wait([r for _, r in running.values()]))
+            for index, (process, receiver) in list(running.items()):
+                if receiver in ready:
+                    del running[index]
+                    done[index] = _received(process, receiver)
+            while given in done:
+                yield done.pop(given)
+                given += 1
+    finally:
+        for process, _ in running.values():
+            process.kill()
+            process.join()
+
+
+def _child(work: Callable[[Any], Any], item: Any, sender) -> None:
+    try:
+        result = True, work(item)
+    except BaseException as error:  # the job fails with it, in the parent
+        result = False, error
+    sender.send(result)
+    sender.close()
+
+
+def _received(process, receiver) -> Any:
+    """The item's result, or its error raised here; WorkerLost if the process died first."""
+    try:
+        ok, value = receiver.recv()
+    except EOFError:  # it closed the pipe without a result: killed
+        process.join()
+        raise WorkerLost(LOST.format(cause=f"exit code {process.exitcode}")) from None
+    finally:
+        receiver.close()
+    process.join()
+    if not ok:
+        raise value
+    return value
 
 
 def _ray(work: Callable[[Any], Any], items: list[Any], engine: Engine) -> Iterator[Any]:
@@ -60,8 +115,11 @@ def _ray(work: Callable[[Any], Any], items: list[Any], engine: Engine) -> Iterat
             lambda row: {"result": pickle.dumps(work(items[row["id"]]))},
             concurrency=workers(engine),
         )
-        for row in results.iter_rows():
-            yield pickle.loads(row["result"])
+        try:
+            for row in results.iter_rows():
+                yield pickle.loads(row["result"])
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as error:
+            raise WorkerLost(LOST.format(cause=type(error).__name__)) from error
     finally:
         if started:
             ray.shutdown()

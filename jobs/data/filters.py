@@ -1,4 +1,5 @@
-"""Filters: Gopher/C4 quality heuristics, PII redaction, and a blocklist. Each says what it did."""
+"""Filters: URL domains, language, Gopher/C4 quality heuristics, PII redaction, and a blocklist.
+Each says what it did."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-from lmforge.operator.api.dataset import Blocklist, PiiFilter, QualityFilter
+from lmforge.operator.api.dataset import (
+    Blocklist,
+    LanguageFilter,
+    PiiFilter,
+    QualityFilter,
+    UrlFilter,
+)
 
 _BULLET = re.compile(r"^\s*[-*\u2022]\s", re.MULTILINE)
 
@@ -232,3 +240,47 @@ class Blocker:
         """The blocklisted words and patterns the text contains (empty: keep it)."""
         hits = sorted(self.words.intersection(_WORD.findall(text.lower()))) if self.words else []
         return hits + [p.pattern for p in self.patterns if p.search(text)]
+
+
+def domain(url: str) -> str:
+    """The host of a URL, lower-case, without a leading www."""
+    return (urlsplit(url).hostname or "").lower().removeprefix("www.")
+
+
+class Domains:
+    """Whether a URL's domain is blocked, or not allowed; a domain includes its subdomains."""
+
+    def __init__(self, config: UrlFilter, extra_blocked: list[str] = ()):
+        self.blocked = {d.lower() for d in (*config.blocked_domains, *extra_blocked)}
+        self.allowed = {d.lower() for d in config.allowed_domains}
+
+    def __call__(self, url: str) -> str | None:
+        """Why the URL's document is removed, or None."""
+        host = domain(url)
+        parents = {".".join(host.split(".")[i:]) for i in range(host.count(".") + 1)}
+        if blocked := parents & self.blocked:
+            return f"{host}: {min(blocked)} is in spec.filters.urls blocked domains"
+        if self.allowed and not parents & self.allowed:
+            return f"{host}: not in spec.filters.urls.allowedDomains"
+        return None
+
+
+class Language:
+    """The most likely language of a text and its probability (py3langid, normalized), from its
+    first `chars` characters: enough to tell, and a bounded cost per document."""
+
+    def __init__(self, config: LanguageFilter, chars: int = 4096):
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        self.config, self.chars = config, chars
+        self.identify = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+    def __call__(self, text: str) -> tuple[str, str | None]:
+        """(language, why the document is removed or None)."""
+        language, score = self.identify.classify(text[: self.chars])
+        c = self.config
+        if score < c.min_score:
+            return language, f"{language} at {score:.2f}, under spec.filters.language.minScore"
+        if c.languages and language not in c.languages:
+            return language, f"{language}: not in spec.filters.language.languages"
+        return language, None

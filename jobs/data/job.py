@@ -11,7 +11,11 @@ from lmforge.operator.api import events
 from lmforge.operator.api.events import Exit
 from lmforge.operator.api.jobs import DataConfig
 
-LABELS = {"process": "files read, cleaned, filtered", "tokenize": "tokenize, pack, write"}
+LABELS = {
+    "process": "files read, cleaned, filtered",
+    "deduplicate": "duplicate partitions resolved",
+    "tokenize": "batches tokenized, packed, written",
+}
 """The pipeline's stages, as its progress events name them."""
 
 

@@ -1,15 +1,26 @@
 """The Dataset job: read -> clean -> filter -> deduplicate -> tokenize -> pack -> shards.
 
-Per-document work (reading, cleaning, filters, MinHash signatures) runs on the engine's workers,
-file batch by file batch, in the corpus's order. Decisions that need the whole corpus
-(duplicates, the train/validation split, the tokenizer) are made here, in that same order, so
-every engine writes the same dataset.
+No process holds the corpus. Three passes run on the engine's workers, each over parts that fit
+a worker's memory (spec.engine.workerMemoryMiB; docs/data.md has the formula):
+1. `Processor`, per batch of files: documents stream from the reader through cleaning and the
+   filters into the batch's spill (spill.py): the documents, and their duplicate records
+   partitioned by hash.
+2. `Resolver`, per partition: exact and near-duplicate edges (dedup.py), which this process
+   merges with union-find into clusters; every cluster keeps its first document.
+3. `Writer`, per batch: the batch's documents again, minus the removed, tokenized; the removed
+   go into the audit (audit.py).
+Between 2 and 3 the tokenizer is trained on a stream of the kept training documents; after 3
+this process packs the batches' tokens, in corpus order, into shards, a shard at a time.
+Every decision depends on the documents' keys (their corpus order) only, so every engine and
+every number of workers writes the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,96 +30,159 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.jobs.data import engines, shards, sources, tokenize
+from lmforge.jobs.data import audit, engines, shards, sources, spill, tokenize
 from lmforge.jobs.data.clean import Cleaner
-from lmforge.jobs.data.dedup import NearDuplicateIndex, Signer, content_hash
-from lmforge.jobs.data.filters import Blocker, Pii, quality
+from lmforge.jobs.data.dedup import Signer, UnionFind, exact_edges, near_edges
+from lmforge.jobs.data.filters import Blocker, Domains, Language, Pii, domain, quality
 from lmforge.jobs.storage import filesystem, join, write_atomic
 from lmforge.operator.api.dataset import DatasetSpec
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, done, total)"""
 
+RUNTIME_MIB = 256
+"""What a worker needs before any document: Python, numpy, pyarrow, the tokenizer."""
+
 
 class DataError(ValueError):
     """The job cannot produce a dataset from this input; the message says why and what to do."""
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Sizes derived from spec.engine.workerMemoryMiB (docs/data.md, "Memory")."""
+
+    chunk_bytes: int
+    """Text a worker gathers before it writes: its spill's buffers and the tokenizer's input."""
+    batch_bytes: int
+    """Input bytes per batch of files (a unit of work; one larger file is a batch alone)."""
+    partitions: int
+
+    @classmethod
+    def of(cls, spec: DatasetSpec, input_bytes: int) -> Budget:
+        free = max(32, spec.engine.worker_memory_mib - RUNTIME_MIB) << 20
+        near = spec.deduplication.near
+        # Records per byte of text: an exact record (24 B) and, per band, a near one (16 B and a
+        # byte per permutation), for documents of 1 KB; compressed inputs expand about 4x.
+        per_doc = 24 + (near.bands * (16 + near.permutations) if near.enabled else 0)
+        records = input_bytes * 4 * per_doc / 1024
+        partitions = min(4096, max(1, math.ceil(records / (free // 4))))
+        return cls(chunk_bytes=free // 8, batch_bytes=free // 4, partitions=partitions)
+
+
 @dataclass
 class FileResult:
     file: sources.File
-    digest: str | None = None
-    error: str | None = None
-    bytes: int = 0
+    reading: sources.Reading = field(default_factory=sources.Reading)
     read: int = 0
-    kept: list[tuple[str, str, bytes, np.ndarray | None]] = field(default_factory=list)
-    """(id, text, content hash, MinHash signature) of each document that passed the filters."""
+    kept: int = 0
     removed: Counter = field(default_factory=Counter)
     pii: Counter = field(default_factory=Counter)
     blocked: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
 
 
-class Processor:
-    """The per-document stages, built once and shipped to every worker."""
+@dataclass(frozen=True)
+class Removed:
+    stage: str
+    """As the audit counts it: length, quality.<heuristic>, blocklist, pii."""
+    detail: str | None = None
 
-    def __init__(self, spec: DatasetSpec, blocklist: list[str]):
-        self.spec = spec
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    files: list[sources.File]
+
+
+class Processor:
+    """Pass 1: the per-document stages, built once and shipped to every worker."""
+
+    def __init__(self, spec: DatasetSpec, lists: Lists, work: str, budget: Budget):
+        self.spec, self.work, self.budget = spec, work, budget
+        self.domains = Domains(spec.filters.urls, lists.domains)
+        language = spec.filters.language
+        self.language = Language(language) if language.enabled else None
         self.clean = Cleaner(spec.cleaning)
         self.pii = Pii(spec.filters.pii) if spec.filters.pii.enabled else None
-        self.block = Blocker(spec.filters.blocklist, blocklist)
+        self.block = Blocker(spec.filters.blocklist, lists.words)
         near = spec.deduplication.near
         self.sign = Signer(near) if near.enabled else None
+        # A document longer than this cannot pass maxChars: the reader skips it unread.
+        self.max_bytes = spec.cleaning.max_chars * 6 + 1024
 
-    def __call__(self, batch: list[sources.File]) -> list[FileResult]:
-        return [self.process(file) for file in batch]
+    def __call__(self, batch: Batch) -> list[FileResult]:
+        spec = self.spec
+        out = spill.Spill(self.work, batch.index, self.budget.partitions,
+                          spec.deduplication.near if self.sign else None,
+                          spec.deduplication.exact, self.budget.chunk_bytes,
+                          spec.storage.endpoint_url)  # fmt: skip
+        results = [self.process(file, out) for file in batch.files]
+        out.close()
+        return results
 
-    def process(self, file: sources.File) -> FileResult:
+    def process(self, file: sources.File, out: spill.Spill) -> FileResult:
         result, clock = FileResult(file), _Clock()
-        try:
-            raw, texts = sources.read(
-                file, self.spec.sources[file.source], self.spec.storage.endpoint_url
+        source = self.spec.sources[file.source]
+        split = self.spec.split
+        documents = sources.read(
+            file, source, result.reading, self.max_bytes, self.spec.storage.endpoint_url
+        )
+        for index, (text, url) in enumerate(documents):
+            result.seconds["read"] += clock.lap()
+            result.read += 1
+            key = spill.key(file.number, index)
+            validation = in_validation(
+                sources.document_id(file.uri, index), split.validation_fraction, split.seed
             )
-        except sources.SourceError as error:
-            result.error = str(error)
-            return result
-        result.digest, result.bytes, result.read = shards.digest(raw), len(raw), len(texts)
-        result.seconds["read"] += clock.lap()
-        for doc in sources.documents(file, texts):
-            reason = self.filter(doc.text, result, clock)
-            if isinstance(reason, str):
-                result.removed[reason] += 1
+            outcome, language = self.filter(text, url, result, clock)
+            if isinstance(outcome, Removed):
+                result.removed[outcome.stage] += 1
+                out.add(key, None, outcome, validation, url, language)
                 continue
-            text = reason[0]
-            signature = self.sign(text) if self.sign else None
+            signature = self.sign(outcome) if self.sign else None
             result.seconds["minhash"] += clock.lap()
-            result.kept.append((doc.id, text, content_hash(text), signature))
+            result.kept += 1
+            out.add(key, outcome, None, validation, url, language, signature)
+        result.seconds["read"] += clock.lap()
         return result
 
-    def filter(self, text: str, result: FileResult, clock: _Clock) -> str | tuple[str]:
-        """The name of the stage that removes the document, or (its final text,)."""
+    def filter(
+        self, text: str, url: str | None, result: FileResult, clock: _Clock
+    ) -> tuple[Removed | str, str | None]:
+        """(Why the document is removed, or its final text; its language if identified)."""
+        if url is not None and (why := self.domains(url)):
+            return Removed("url", why), None
         text = self.clean(text)
         result.seconds["clean"] += clock.lap()
         if text is None:
-            return "length"
+            c = self.spec.cleaning
+            return Removed("length", f"not within spec.cleaning minChars {c.min_chars} and"
+                           f" maxChars {c.max_chars} once cleaned"), None  # fmt: skip
+        language = None
+        if self.language is not None:
+            language, why = self.language(text)
+            result.seconds["language"] += clock.lap()
+            if why:
+                return Removed("language", why), language
         q = self.spec.filters.quality
         failed = quality(text, q) if q.enabled else None
         result.seconds["quality"] += clock.lap()
         if failed:
-            return f"quality.{failed}"
+            return Removed(f"quality.{failed}", f"spec.filters.quality.{failed}"), language
         hits = self.block(text)
         result.seconds["blocklist"] += clock.lap()
         if hits:
             result.blocked.update(hits)
-            return "blocklist"
+            return Removed("blocklist", ", ".join(hits[:10])), language
         if self.pii is not None:
             redacted, found = self.pii(text)
             result.seconds["pii"] += clock.lap()
             if found and self.spec.filters.pii.action == "drop":
-                return "pii"
+                return Removed("pii", ", ".join(sorted(found))), language
             result.pii.update(found)
             text = redacted
-        return (text,)
+        return text, language
 
 
 class _Clock:
@@ -119,6 +193,107 @@ class _Clock:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
         return elapsed
+
+
+class Resolver:
+    """Pass 2: one partition's duplicate edges, (removed key, the key it duplicates)."""
+
+    def __init__(self, spec: DatasetSpec, work: str):
+        self.spec, self.work = spec, work
+
+    def __call__(self, task: tuple[str, int]) -> np.ndarray:
+        kind, partition = task
+        records = spill.records(self.work, kind, partition, self.spec.storage.endpoint_url)
+        if records is None:
+            return np.zeros((0, 2), dtype=np.int64)
+        if kind == "exact":
+            return exact_edges(records)
+        return near_edges(records, self.spec.deduplication.near.threshold)
+
+
+@dataclass
+class Removals:
+    """The duplicates of one batch: sorted keys, the key each one's cluster keeps, and whether
+    it is an exact copy (else a near duplicate)."""
+
+    keys: np.ndarray
+    kept: np.ndarray
+    exact: np.ndarray
+
+
+@dataclass
+class Written:
+    """What pass 3 wrote for one batch."""
+
+    documents: Counter = field(default_factory=Counter)
+    tokens_by_file: Counter = field(default_factory=Counter)
+    languages: Counter = field(default_factory=Counter)
+    domains: Counter = field(default_factory=Counter)
+    removed: int = 0
+
+
+class Writer:
+    """Pass 3: one batch's kept documents tokenized, its removed documents into the audit."""
+
+    def __init__(self, spec: DatasetSpec, work: str, files: list[sources.File], tokenizer_json: str,
+                 audit_folder: str, chunk_bytes: int):  # fmt: skip
+        self.spec, self.work, self.files = spec, work, files
+        self.tokenizer_json, self.audit_folder, self.chunk_bytes = (
+            tokenizer_json,
+            audit_folder,
+            chunk_bytes,
+        )
+
+    def __call__(self, task: tuple[int, Removals]) -> Written:
+        batch, removals = task
+        tokenizer = tokenize.Tokenizer.from_str(self.tokenizer_json)
+        eos = tokenize.eos_id(tokenizer)
+        dtype = tokenize.token_dtype(tokenizer.get_vocab_size())
+        endpoint = self.spec.storage.endpoint_url
+        fs, work = filesystem(self.work, endpoint)
+        written, rows = Written(), audit.Rows(self.files)
+        outputs = {}
+        for split in ("train", "validation"):
+            path = spill.tokens_path(work, split, batch)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            outputs[split] = fs.open(path, "wb")
+        for part in spill.documents(self.work, batch, endpoint):
+            keys = part.column("key").to_numpy()
+            texts = part.column("text").to_pylist()
+            removed = part.column("removed").to_pylist()
+            details = part.column("detail").to_pylist()
+            validation = part.column("validation").to_pylist()
+            urls = part.column("url").to_pylist()
+            languages = part.column("language").to_pylist()
+            at = np.searchsorted(removals.keys, keys)
+            at[at == len(removals.keys)] = 0
+            duplicate = (
+                (removals.keys[at] == keys) if len(removals.keys) else np.zeros(len(keys), bool)
+            )
+            kept = {"train": [], "validation": []}
+            for i, k in enumerate(keys.tolist()):
+                if removed[i] is not None:
+                    rows.filtered(k, urls[i], removed[i], details[i])
+                elif duplicate[i]:
+                    j = at[i]
+                    rows.duplicate(k, urls[i], int(removals.kept[j]), bool(removals.exact[j]))
+                else:
+                    kept["validation" if validation[i] else "train"].append((k, texts[i]))
+                    if languages[i] is not None:
+                        written.languages[languages[i]] += 1
+                    if urls[i] is not None:
+                        written.domains[domain(urls[i])] += 1
+            for split, docs in kept.items():
+                stream, lengths = tokenize.encode(tokenizer, [t for _, t in docs], eos, dtype,
+                                                  self.chunk_bytes)  # fmt: skip
+                outputs[split].write(stream.tobytes())
+                written.documents[split] += len(docs)
+                for (k, _), n in zip(docs, lengths, strict=True):
+                    written.tokens_by_file[spill.file_of(k)[0]] += n
+        for out in outputs.values():
+            out.close()
+        written.removed = rows.write(self.audit_folder, batch, endpoint)
+        return written
 
 
 def config_digest(spec: DatasetSpec) -> str:
@@ -135,16 +310,18 @@ def input_digest(files: list[sources.File]) -> str:
     return shards.digest(json.dumps([(f.uri, f.size) for f in files]).encode())
 
 
-def batches(files: list[sources.File], target_bytes: int = 4 << 20) -> Iterator[list[sources.File]]:
-    batch, size = [], 0
+def batches(files: list[sources.File], target_bytes: int) -> list[Batch]:
+    """Consecutive files of about target_bytes together."""
+    groups, group, size = [], [], 0
     for file in files:
-        batch.append(file)
+        group.append(file)
         size += file.size
         if size >= target_bytes:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+    return [Batch(index, group) for index, group in enumerate(groups)]
 
 
 def in_validation(doc_id: str, fraction: float, seed: int) -> bool:
@@ -153,48 +330,38 @@ def in_validation(doc_id: str, fraction: float, seed: int) -> bool:
 
 
 @dataclass
-class Corpus:
-    """What survives, per split, in corpus order; and what was removed, for the audit."""
+class Clusters:
+    """The duplicates of the whole corpus, from every partition's edges."""
 
-    splits: dict[str, list[tuple[str, str, str]]] = field(
-        default_factory=lambda: {"train": [], "validation": []}
-    )  # (id, source uri, text)
-    files: list[FileResult] = field(default_factory=list)
-    removed: Counter = field(default_factory=Counter)
-    clusters: Counter = field(default_factory=Counter)
-    sources: dict[str, str] = field(default_factory=dict)
+    removals: dict[int, Removals]
+    """By batch."""
+    sizes: Counter
+    """Documents removed per kept key."""
+    removed: Counter
 
 
-def deduplicate(
-    results: Iterator[list[FileResult]], spec: DatasetSpec, total: int, on_progress: Progress
-) -> Corpus:
-    corpus, seen = Corpus(), {}
-    near = NearDuplicateIndex(spec.deduplication.near) if spec.deduplication.near.enabled else None
-    split = spec.split
-    for batch in results:
-        for result in batch:
-            corpus.files.append(result)
-            corpus.removed.update(result.removed)
-            for doc_id, text, digest, signature in result.kept:
-                if spec.deduplication.exact:
-                    if digest in seen:
-                        corpus.removed["exactDuplicates"] += 1
-                        corpus.clusters[seen[digest]] += 1
-                        continue
-                    seen[digest] = doc_id
-                if near is not None and (kept := near.representative(doc_id, signature, text)):
-                    corpus.removed["nearDuplicates"] += 1
-                    corpus.clusters[kept] += 1
-                    continue
-                name = (
-                    "validation"
-                    if in_validation(doc_id, split.validation_fraction, split.seed)
-                    else "train"
-                )
-                corpus.splits[name].append((doc_id, result.file.uri, text))
-                corpus.sources[doc_id] = result.file.uri
-            on_progress("process", len(corpus.files), total)
-    return corpus
+def cluster(edges: list[np.ndarray], exact: set[int], batch_of: np.ndarray) -> Clusters:
+    """Union-find over every edge; a cluster keeps its smallest key (the first in the corpus)."""
+    clusters = UnionFind()
+    for pairs in edges:
+        for a, b in pairs.tolist():
+            clusters.union(a, b)
+    by_batch: dict[int, list[tuple[int, int, bool]]] = {}
+    sizes, removed = Counter(), Counter()
+    for key in sorted(clusters.parent):
+        root = clusters.find(key)
+        if root != key:
+            is_exact = key in exact
+            by_batch.setdefault(int(batch_of[spill.file_of(key)[0]]), []).append(
+                (key, root, is_exact)
+            )
+            sizes[root] += 1
+            removed["exactDuplicates" if is_exact else "nearDuplicates"] += 1
+    removals = {
+        batch: Removals(*(np.array(column) for column in zip(*rows, strict=True)))
+        for batch, rows in by_batch.items()
+    }
+    return Clusters(removals, sizes, removed)
 
 
 def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -212,86 +379,174 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
         return existing
 
     started = time.perf_counter()
-    work = list(batches(files))
-    processor = Processor(spec, _blocklist(spec))
-    try:
-        results = engines.run(processor, work, spec.engine)
-    except ValueError as error:
-        raise DataError(str(error)) from error
-    corpus = deduplicate(results, spec, len(files), on_progress)
-    if not corpus.splits["train"]:
-        raise DataError(f"no documents left to train on: {_removed_summary(corpus)}")
+    build = "data-" + shards.digest("".join(digests.values()).encode())[7:19]
+    work = join(output_uri, build, "work")
+    if fs.exists(join(root, build)):  # what an interrupted run of this build left
+        fs.rm(join(root, build), recursive=True)
+    budget = Budget.of(spec, sum(f.size for f in files))
+    work_batches = batches(files, budget.batch_bytes)
+    batch_of = np.zeros(len(files), dtype=np.int64)
+    for batch in work_batches:
+        batch_of[[f.number for f in batch.files]] = batch.index
+
+    # 1: read, clean, filter, spill
+    processor = Processor(spec, _lists(spec), work, budget)
+    results: list[FileResult] = []
+    for batch_results in _map(processor, work_batches, spec):
+        results += batch_results
+        on_progress("process", len(results), len(files))
+    if not sum(r.kept for r in results):
+        raise DataError(f"no documents left to train on: {_removed_summary(results, Counter())}")
+
+    # 2: duplicates
+    kinds = [k for k, on in (("exact", spec.deduplication.exact),
+                             ("near", spec.deduplication.near.enabled)) if on]  # fmt: skip
+    tasks = [(kind, p) for kind in kinds for p in range(budget.partitions)]
+    edges, exact = [], set()
+    for done, ((kind, _), pairs) in enumerate(zip(tasks, _map(Resolver(spec, work), tasks, spec),
+                                                  strict=True), 1):  # fmt: skip
+        edges.append(pairs)
+        if kind == "exact":
+            exact.update(pairs[:, 0].tolist())
+        on_progress("deduplicate", done, len(tasks))
+    clusters = cluster(edges, exact, batch_of)
     process_seconds = time.perf_counter() - started
 
-    on_progress("tokenize", 0, 1)
-    tokenizer = _tokenizer(spec, [text for _, _, text in corpus.splits["train"]])
+    # the tokenizer, on a stream of the kept training documents
+    on_progress("tokenize", 0, len(work_batches))
+    tokenizer = _tokenizer(spec, _kept_texts(work, work_batches, clusters, endpoint))
+    tokenizer_json = tokenizer.to_str()
     tokenizer_seconds = time.perf_counter() - started - process_seconds
-    tokenizer_json = tokenizer.to_str().encode()
-    vocab, eos = tokenizer.get_vocab_size(), tokenize.eos_id(tokenizer)
-    build = "data-" + shards.digest("".join(digests.values()).encode())[7:19]
-    dtype, length = tokenize.token_dtype(vocab), spec.packing.sequence_length
+
+    # 3: tokenize, audit; then pack
     tokenize_started = time.perf_counter()
-    splits, tokens_by_source = _write_splits(corpus, tokenizer, spec, fs, root, build)
+    if engines.workers(spec.engine) > 1 and len(work_batches) > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # workers fork from here: one thread each
+    writer = Writer(spec, work, files, tokenizer_json, join(output_uri, build, audit.FOLDER),
+                    budget.chunk_bytes)  # fmt: skip
+    empty = Removals(*(np.zeros(0, dtype=t) for t in (np.int64, np.int64, bool)))
+    tasks3 = [(b.index, clusters.removals.get(b.index, empty)) for b in work_batches]
+    written = []
+    for w in _map(writer, tasks3, spec):
+        written.append(w)
+        on_progress("tokenize", len(written), len(work_batches))
+    totals = sum((w.documents for w in written), Counter())
+    if not totals["train"]:
+        raise DataError(
+            f"no documents left to train on: {_removed_summary(results, clusters.removed)}"
+        )
+    vocab = tokenizer.get_vocab_size()
+    dtype, length = tokenize.token_dtype(vocab), spec.packing.sequence_length
+    splits = {}
+    for split in ("train", "validation"):
+        stream = _token_stream(work, split, len(work_batches), dtype, budget.chunk_bytes, endpoint)
+        entries = shards.write_stream(fs, root, f"{build}/{split}", stream, length,
+                                      spec.packing.shard_size_mib << 20)  # fmt: skip
+        splits[split] = {
+            "documents": totals[split],
+            "tokens": sum(e["tokens"] for e in entries),
+            "sequences": sum(e["sequences"] for e in entries),
+            "shards": entries,
+        }
     tokenize_seconds = time.perf_counter() - tokenize_started
-    on_progress("tokenize", 1, 1)
-    write_atomic(fs, join(root, f"{build}/tokenizer.json"), tokenizer_json)
-    audit = _audit(corpus, tokens_by_source, splits)
-    audit_bytes = shards.write_json(fs, root, f"{build}/audit.json", audit)
+    fs.rm(join(root, build, "work"), recursive=True)
+
+    write_atomic(fs, join(root, f"{build}/tokenizer.json"), tokenizer_json.encode())
+    tokens_by_source = Counter()
+    for w in written:
+        for number, n in w.tokens_by_file.items():
+            tokens_by_source[files[number].uri] += n
+    summary = _audit(results, clusters, files, tokens_by_source, splits)
+    summary["removedDocuments"] = {"path": f"{build}/{audit.FOLDER}",
+                                   "rows": sum(w.removed for w in written)}  # fmt: skip
+    languages = sum((w.languages for w in written), Counter())
+    domains = sum((w.domains for w in written), Counter())
+    if spec.filters.language.enabled:
+        summary["languages"] = dict(languages.most_common())
+    if domains:
+        summary["domains"] = {"count": len(domains), "top": dict(domains.most_common(100))}
+    audit_bytes = shards.write_json(fs, root, f"{build}/audit.json", summary)
     manifest = {
         "format": shards.FORMAT,
         "lmforgeVersion": version("lmforge"),
         **digests,
         "sequenceLength": length,
         "dtype": dtype.name,
-        "tokenizer": {"path": f"{build}/tokenizer.json", "digest": shards.digest(tokenizer_json),
-                      "vocabSize": vocab, "eosId": eos},
+        "tokenizer": {"path": f"{build}/tokenizer.json",
+                      "digest": shards.digest(tokenizer_json.encode()),
+                      "vocabSize": vocab, "eosId": tokenize.eos_id(tokenizer)},
         "splits": splits,
-        "sources": _sources(spec, corpus),
-        "audit": {"path": f"{build}/audit.json", "digest": shards.digest(audit_bytes)},
+        "sources": _sources(spec, results),
+        "audit": {"path": f"{build}/audit.json", "digest": shards.digest(audit_bytes),
+                  "removed": f"{build}/{audit.FOLDER}"},
     }  # fmt: skip
     shards.write_json(fs, root, shards.MANIFEST, manifest)  # last: the dataset now exists
     shards.remove_other_builds(fs, root, keep=build)
     # Not part of the dataset (it differs run to run): how long each part took, for the summary
     # and the benchmark. Per-stage figures are seconds summed over the workers.
-    stages = sum((f.seconds for f in corpus.files), Counter())
+    stages = sum((r.seconds for r in results), Counter())
     manifest["seconds"] = {"process": process_seconds, "tokenizer": tokenizer_seconds,
                            "tokenize": tokenize_seconds, "total": time.perf_counter() - started,
                            "workerStages": dict(stages)}  # fmt: skip
     return manifest
 
 
-def _write_splits(
-    corpus: Corpus, tokenizer, spec: DatasetSpec, fs, root: str, build: str
-) -> tuple[dict[str, Any], Counter]:
-    """Each split tokenized, packed and written as shards of the build: the manifest's entries,
-    and the tokens that each source contributed."""
-    eos, dtype = tokenize.eos_id(tokenizer), tokenize.token_dtype(tokenizer.get_vocab_size())
-    splits, tokens_by_source = {}, Counter()
-    for name, docs in corpus.splits.items():
-        stream, lengths = tokenize.encode(tokenizer, [text for _, _, text in docs], eos, dtype)
-        for (_, source, _), count in zip(docs, lengths, strict=True):
-            tokens_by_source[source] += count
-        rows = tokenize.pack(stream, spec.packing.sequence_length)
-        shard_list = shards.write_split(
-            fs, root, f"{build}/{name}", rows, spec.packing.shard_size_mib << 20
-        )
-        splits[name] = {"documents": len(docs), "tokens": int(rows.size), "sequences": len(rows),
-                        "shards": shard_list}  # fmt: skip
-    return splits, tokens_by_source
+def _map(work, items: list, spec: DatasetSpec) -> Iterator:
+    try:
+        yield from engines.run(work, items, spec.engine)
+    except engines.WorkerLost as error:
+        raise DataError(str(error)) from error
+    except ValueError as error:
+        raise DataError(str(error)) from error
 
 
-def _blocklist(spec: DatasetSpec) -> list[str]:
-    uri = spec.filters.blocklist.uri
+def _kept_texts(work: str, batches_: list[Batch], clusters: Clusters, endpoint) -> Iterator[str]:
+    for batch in batches_:
+        removed = clusters.removals.get(batch.index)
+        drop = set(removed.keys.tolist()) if removed else set()
+        for part in spill.documents(work, batch.index, endpoint):
+            keys = part.column("key").to_pylist()
+            validation = part.column("validation").to_pylist()
+            for k, text, v in zip(keys, part.column("text").to_pylist(), validation, strict=True):
+                if text is not None and not v and k not in drop:
+                    yield text
+
+
+def _token_stream(work: str, split: str, count: int, dtype, chunk_bytes: int,
+                  endpoint) -> Iterator[np.ndarray]:  # fmt: skip
+    fs, root = filesystem(work, endpoint)
+    for batch in range(count):
+        with fs.open(spill.tokens_path(root, split, batch), "rb") as handle:
+            while data := handle.read(chunk_bytes):
+                yield np.frombuffer(data, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Lists:
+    """The filters' lists that live in files: blocklisted words, blocked domains."""
+
+    words: list[str]
+    domains: list[str]
+
+
+def _lists(spec: DatasetSpec) -> Lists:
+    f = spec.filters
+    words = _words(spec, f.blocklist.uri, "spec.filters.blocklist.uri")
+    domains = _words(spec, f.urls.blocked_domains_uri, "spec.filters.urls.blockedDomainsUri")
+    return Lists(words, domains)
+
+
+def _words(spec: DatasetSpec, uri: str | None, where: str) -> list[str]:
     if not uri:
         return []
     fs, path = filesystem(uri, spec.storage.endpoint_url)
     try:
         return fs.cat_file(path).decode().split()
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"spec.filters.blocklist.uri: cannot read {uri}: {error}") from error
+        raise DataError(f"{where}: cannot read {uri}: {error}") from error
 
 
-def _tokenizer(spec: DatasetSpec, texts: list[str]):
+def _tokenizer(spec: DatasetSpec, texts: Iterator[str]):
     if spec.tokenizer.uri:
         try:
             return tokenize.load(spec.tokenizer.uri, spec.storage.endpoint_url)
@@ -300,55 +555,62 @@ def _tokenizer(spec: DatasetSpec, texts: list[str]):
     return tokenize.train(texts, spec.tokenizer.train)
 
 
-def _removed_summary(corpus: Corpus) -> str:
-    read = sum(f.read for f in corpus.files)
-    skipped = [f for f in corpus.files if f.error]
-    parts = [f"{read} documents read from {len(corpus.files) - len(skipped)} files"]
-    parts += [f"{count} removed by {stage}" for stage, count in corpus.removed.most_common()]
+def _removed_summary(results: list[FileResult], duplicates: Counter) -> str:
+    read = sum(r.read for r in results)
+    skipped = [r for r in results if r.reading.error]
+    parts = [f"{read} documents read from {len(results) - len(skipped)} files"]
+    removed = sum((r.removed for r in results), Counter()) + duplicates
+    parts += [f"{count} removed by {stage}" for stage, count in removed.most_common()]
     if skipped:
+        first = skipped[0]
         parts.append(
-            f"{len(skipped)} files skipped (first: {skipped[0].file.uri}: {skipped[0].error})"
+            f"{len(skipped)} files skipped (first: {first.file.uri}: {first.reading.error})"
         )
     return "; ".join(parts) + ". Loosen spec.cleaning / spec.filters or check spec.sources"
 
 
-def _audit(corpus: Corpus, tokens_by_source: Counter, splits: dict[str, Any]) -> dict[str, Any]:
-    files = corpus.files
-    skipped = [{"uri": f.file.uri, "reason": f.error} for f in files if f.error]
-    blocked, pii = Counter(), Counter()
-    for f in files:
-        blocked.update(f.blocked)
-        pii.update(f.pii)
-    largest = [
-        {"kept": doc, "source": corpus.sources.get(doc), "removed": n}
-        for doc, n in sorted(corpus.clusters.items(), key=lambda c: (-c[1], c[0]))[:10]
-    ]
+def _audit(results: list[FileResult], clusters: Clusters, files: list[sources.File],
+           tokens_by_source: Counter, splits: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    skipped = [{"uri": r.file.uri, "reason": r.reading.error} for r in results if r.reading.error]
+    damaged = [{"uri": r.file.uri, "where": where}
+               for r in results for where in r.reading.skipped]  # fmt: skip
+    blocked, pii, removed = Counter(), Counter(), Counter(clusters.removed)
+    for r in results:
+        blocked.update(r.blocked)
+        pii.update(r.pii)
+        removed.update(r.removed)
+    largest = []
+    for key, n in sorted(clusters.sizes.items(), key=lambda c: (-c[1], c[0]))[:10]:
+        number, index = spill.file_of(key)
+        uri = files[number].uri
+        largest.append({"kept": sources.document_id(uri, index), "source": uri, "removed": n})
     return {
-        "documents": {"read": sum(f.read for f in files),
+        "documents": {"read": sum(r.read for r in results),
                       "kept": sum(s["documents"] for s in splits.values())},
-        "files": {"read": len(files) - len(skipped), "skipped": len(skipped),
+        "files": {"read": len(results) - len(skipped), "skipped": len(skipped),
                   "skippedFiles": skipped[:100]},
-        "bytes": sum(f.bytes for f in files),
-        "removed": dict(sorted(corpus.removed.items())),
+        "skippedRecords": {"count": sum(r.reading.skips for r in results), "first": damaged[:100]},
+        "bytes": sum(r.reading.bytes for r in results),
+        "removed": dict(sorted(removed.items())),
         "pii": dict(sorted(pii.items())),
         "blocklistHits": dict(blocked.most_common(50)),
-        "duplicateClusters": {"count": len(corpus.clusters), "largest": largest},
+        "duplicateClusters": {"count": len(clusters.sizes), "largest": largest},
         "topSources": [{"uri": uri, "tokens": n} for uri, n in tokens_by_source.most_common(10)],
         "splits": {k: {x: v[x] for x in ("documents", "sequences", "tokens")}
                    for k, v in splits.items()},
     }  # fmt: skip
 
 
-def _sources(spec: DatasetSpec, corpus: Corpus) -> list[dict[str, Any]]:
+def _sources(spec: DatasetSpec, results: list[FileResult]) -> list[dict[str, Any]]:
     out = []
     for index, source in enumerate(spec.sources):
-        files = [f for f in corpus.files if f.file.source == index]
-        combined = "".join(f"{f.file.uri}={f.digest}\n" for f in files).encode()
+        mine = [r for r in results if r.file.source == index]
+        combined = "".join(f"{r.file.uri}={r.reading.digest}\n" for r in mine).encode()
         out.append(
             {
                 "uri": source.uri,
-                "files": len(files),
-                "documents": sum(f.read for f in files),
+                "files": len(mine),
+                "documents": sum(r.read for r in mine),
                 "digest": shards.digest(combined),
             }
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import fsspec
@@ -42,22 +43,43 @@ def encode_shard(rows: np.ndarray) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_split(
-    fs: fsspec.AbstractFileSystem, root: str, folder: str, rows: np.ndarray, shard_bytes: int
+def write_stream(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    folder: str,
+    stream: Iterable[np.ndarray],
+    length: int,
+    shard_bytes: int,
 ) -> list[dict[str, Any]]:
-    """Size-bounded shards of one split under root/folder; returns their manifest entries."""
-    per_shard = max(1, shard_bytes // max(1, rows.shape[1] * rows.itemsize))
-    shards = []
-    for number, start in enumerate(range(0, len(rows), per_shard)):
-        chunk = rows[start : start + per_shard]
-        data = encode_shard(chunk)
-        path = f"{folder}/shard-{number:05d}.arrow"
-        write_atomic(fs, join(root, path), data)
-        shards.append(
-            {"path": path, "sequences": len(chunk), "tokens": int(chunk.size),
-             "bytes": len(data), "digest": digest(data)}
-        )  # fmt: skip
-    return shards
+    """A token stream packed into rows of `length` tokens (the tail shorter than a row is
+    dropped) in size-bounded shards under root/folder, each written once it is full: at most a
+    shard is held. Returns their manifest entries."""
+    entries, pending, held = [], [], 0
+    per_shard = None
+    for tokens in stream:
+        if per_shard is None:
+            per_shard = max(1, shard_bytes // (length * tokens.itemsize)) * length
+        pending.append(tokens)
+        held += len(tokens)
+        while held >= per_shard:
+            joined = np.concatenate(pending)
+            entries.append(_write_shard(fs, root, folder, len(entries), joined[:per_shard], length))
+            pending, held = [joined[per_shard:]], held - per_shard
+    if held >= length:
+        joined = np.concatenate(pending)
+        rows = held // length * length
+        entries.append(_write_shard(fs, root, folder, len(entries), joined[:rows], length))
+    return entries
+
+
+def _write_shard(fs, root: str, folder: str, number: int, tokens: np.ndarray,
+                 length: int) -> dict[str, Any]:  # fmt: skip
+    rows = tokens.reshape(-1, length)
+    data = encode_shard(rows)
+    path = f"{folder}/shard-{number:05d}.arrow"
+    write_atomic(fs, join(root, path), data)
+    return {"path": path, "sequences": len(rows), "tokens": int(rows.size),
+            "bytes": len(data), "digest": digest(data)}  # fmt: skip
 
 
 def read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:

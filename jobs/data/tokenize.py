@@ -1,4 +1,4 @@
-"""Tokenizers (Hugging Face tokenizers): train a byte-level BPE or load a tokenizer.json; pack."""
+"""Tokenizers (Hugging Face tokenizers): train a byte-level BPE or load a tokenizer.json; encode."""
 
 from __future__ import annotations
 
@@ -77,9 +77,3 @@ def _batches(texts: list[str], chars: int) -> Iterator[list[str]]:
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def pack(stream: np.ndarray, sequence_length: int) -> np.ndarray:
-    """Fixed-length rows; the tail shorter than one row is dropped."""
-    rows = len(stream) // sequence_length
-    return stream[: rows * sequence_length].reshape(rows, sequence_length)

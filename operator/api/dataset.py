@@ -16,8 +16,9 @@ class Source(Model):
 
     uri: str = Field(pattern=URI_PATTERN)
     """A URI, globs allowed: s3://bucket/raw/**/*.jsonl.gz."""
-    format: Literal["text", "jsonl", "parquet"] = "text"
-    """text: one document per file; jsonl: one per line; parquet: one per row."""
+    format: Literal["text", "jsonl", "parquet", "warc"] = "text"
+    """text: one document per file; jsonl: one per line; parquet: one per row; warc: WARC or WET
+    files (Common Crawl's), one per HTML response (its main text) or WET conversion record."""
     field: str | None = None
     """The jsonl field or parquet column holding the text ("text" when unset)."""
     compression: Literal["auto", "none", "gzip", "zstd"] = "auto"
@@ -25,7 +26,7 @@ class Source(Model):
 
     rules = (
         Rule(
-            "self.format != 'text' || !has(self.field)",
+            "!(self.format in ['text', 'warc']) || !has(self.field)",
             "applies to jsonl and parquet sources only",
             ".field",
         ),
@@ -57,7 +58,7 @@ class NearDuplicates(Model):
     bands: int = Field(default=16, ge=1, le=1024)
     threshold: float = Field(default=0.8, gt=0, le=1)
     """Jaccard similarity of word shingles at or above which two documents are duplicates (LSH
-    finds candidates; each is confirmed by its exact similarity)."""
+    finds candidates; each is confirmed by the similarity their signatures' sketches estimate)."""
 
     rules = (
         Rule(
@@ -126,7 +127,30 @@ class Blocklist(Model):
     """A file of more words, one per line."""
 
 
+class UrlFilter(Model):
+    """By the domain of a document's URL (warc sources); a domain includes its subdomains."""
+
+    blocked_domains: list[str] = Field(default_factory=list, max_length=1_000_000)
+    blocked_domains_uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """A file of more blocked domains, one per line (a list such as UT1's adult category)."""
+    allowed_domains: list[str] = Field(default_factory=list, max_length=1_000_000)
+    """When set, only documents from these domains are kept."""
+
+
+class LanguageFilter(Model):
+    """Language identification with py3langid, whose model ships inside the package; the audit
+    counts the kept documents by language whenever it is enabled."""
+
+    enabled: bool = False
+    languages: list[str] = Field(default_factory=list, max_length=200)
+    """ISO 639-1 codes to keep (en, de, ...); empty keeps every language."""
+    min_score: float = Field(default=0.5, ge=0, le=1)
+    """A document whose most likely language scores below this is removed."""
+
+
 class Filters(Model):
+    urls: UrlFilter = Field(default_factory=UrlFilter)
+    language: LanguageFilter = Field(default_factory=LanguageFilter)
     quality: QualityFilter = Field(default_factory=QualityFilter)
     pii: PiiFilter = Field(default_factory=PiiFilter)
     blocklist: Blocklist = Field(default_factory=Blocklist)
@@ -174,6 +198,9 @@ class Engine(Model):
     """local: processes on the pod or machine; ray: Ray Data (KubeRay on Kubernetes)."""
     workers: int | None = Field(default=None, ge=1, le=4096)
     """Parallel workers; every CPU when unset."""
+    worker_memory_mib: int = Field(default=1024, ge=256, le=1 << 20, alias="workerMemoryMiB")
+    """What each worker may use at most; the job sizes its batches, buffers and duplicate
+    partitions from it (docs/data.md, "Memory"). Give the pod workers x this, plus 512 MiB."""
 
 
 class Output(Model):

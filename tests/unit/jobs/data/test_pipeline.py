@@ -1,13 +1,20 @@
 """The Dataset job end to end on a generated corpus: counts, determinism, atomicity, S3."""
 
+import gzip
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import fsspec
+import pyarrow.parquet as pq
 import pytest
 
-from lmforge.jobs.data import pipeline, shards
+from lmforge.jobs.data import pipeline, shards, sources
 from lmforge.jobs.data.reader import ShardReader
 
 from .conftest import merge
@@ -78,6 +85,91 @@ def test_counts_shards_and_manifest(spec, corpus):
         == manifest["tokenizer"]["digest"]
     )
     assert manifest["sources"][0]["files"] == 3 and manifest["dtype"] == "uint16"
+
+
+def test_every_removed_document_has_an_audit_row_that_says_why(spec, corpus):
+    folder = corpus[0]
+    out = folder / "out"
+    manifest = build(spec, corpus, out.as_uri())
+    rows = pq.read_table(out / manifest["audit"]["removed"]).to_pylist()
+    audit = json.loads((out / manifest["audit"]["path"]).read_text())
+    assert len(rows) == sum(audit["removed"].values()) == audit["removedDocuments"]["rows"]
+    first, text_of = {}, {}  # the first document (in corpus order) with each text
+    for path in sorted((folder / "raw").glob("*.jsonl")):
+        for index, line in enumerate(path.read_text().splitlines()):
+            doc = sources.document_id(path.as_uri(), index)
+            text_of[doc] = json.loads(line)["text"]
+            first.setdefault(text_of[doc], (doc, path.as_uri()))
+    by_stage = {}
+    for row in rows:
+        by_stage.setdefault(row["stage"], []).append(row)
+    assert {stage: len(r) for stage, r in by_stage.items()} == audit["removed"]
+    for row in by_stage["exactDuplicates"]:
+        assert (row["duplicateOf"], row["duplicateOfSource"]) == first[text_of[row["id"]]]
+        assert row["duplicateOf"] != row["id"] and row["detail"] == "the same content"
+    for row in by_stage["blocklist"]:
+        assert "forbiddenword" in text_of[row["id"]] and row["detail"] == "forbiddenword"
+        assert row["duplicateOf"] is None
+    duplicate = by_stage["exactDuplicates"][0]
+    answer = why(str(out), duplicate["id"])
+    assert answer.returncode == 0 and answer.stdout.splitlines() == [
+        f"{duplicate['id']} from {duplicate['source']}: removed by exactDuplicates (the same content)",
+        f"kept instead: {duplicate['duplicateOf']} from {duplicate['duplicateOfSource']}",
+    ]
+    answer = why(f"{out.as_uri()}/manifest.json", duplicate["duplicateOf"])
+    assert answer.returncode == 0 and "not removed" in answer.stdout
+    answer = why(str(folder / "raw"), duplicate["id"])
+    assert answer.returncode == 1 and "no manifest.json: no complete dataset" in answer.stderr
+
+
+def why(dataset: str, document: str) -> subprocess.CompletedProcess:
+    """`lmforge data why`, as a user runs it."""
+    command = [sys.executable, "-m", "lmforge.operator.cli", "data", "why", dataset, document]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_damaged_input_is_counted_in_the_audit_with_where(spec, corpus):
+    folder = corpus[0]
+    whole = gzip.compress((folder / "raw" / "part-1.jsonl").read_bytes())
+    (folder / "raw" / "part-1.jsonl").unlink()
+    (folder / "raw" / "part-1.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with open(folder / "raw" / "part-2.jsonl", "ab") as out:
+        out.write(b'{"text": "caf\xe9"}\n')
+    manifest = build(spec, corpus, (folder / "out").as_uri(), uri=f"{folder.as_uri()}/raw/*")
+    audit = json.loads((folder / "out" / manifest["audit"]["path"]).read_text())
+    uri = (folder / "raw").as_uri()
+    assert audit["skippedRecords"]["count"] == 2
+    first = audit["skippedRecords"]["first"]
+    assert first[0]["uri"] == f"{uri}/part-1.jsonl.gz"
+    assert first[0]["where"].startswith("the rest of the file: cannot decompress:")
+    assert first[1]["uri"] == f"{uri}/part-2.jsonl" and first[1]["where"].endswith(
+        "not UTF-8 at byte 13"
+    )
+    assert audit["documents"]["read"] > corpus[1]["total"] * 2 // 3  # what came before the cut
+
+
+def test_a_worker_killed_mid_batch_fails_the_job_at_once_naming_memory(spec, corpus, monkeypatch):
+    """As the kernel's OOM killer would: SIGKILL, in the middle of the second batch, while the
+    other worker goes on. The job must fail with the settings to change, not wait forever."""
+    killed = corpus[0] / "killed-at"
+    process = pipeline.Processor.process
+
+    def dies_on_the_second_batch(self, file, out):
+        if file.number == 1:
+            killed.write_text(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return process(self, file, out)
+
+    monkeypatch.setattr(pipeline.Processor, "process", dies_on_the_second_batch)
+    monkeypatch.setattr(pipeline.Budget, "of", classmethod(
+        lambda cls, spec, size: cls(chunk_bytes=1 << 20, batch_bytes=1, partitions=2)))  # fmt: skip
+    with pytest.raises(pipeline.DataError) as error:
+        build(spec, corpus, (corpus[0] / "out").as_uri(), engine={"workers": 2})
+    waited = time.time() - float(killed.read_text())
+    assert "a data worker died while working" in str(error.value)
+    assert "spec.engine.workerMemoryMiB" in str(error.value) and "memory" in str(error.value)
+    assert waited < 5, f"the job noticed its dead worker after {waited:.1f} s"
+    assert not (corpus[0] / "out" / "manifest.json").exists()
 
 
 def test_engines_and_worker_counts_build_identical_datasets(spec, corpus):

@@ -15,7 +15,8 @@ def dataset(tmp_path):
 
     fs = fsspec.filesystem("file")
     rows = np.repeat(np.arange(103, dtype=np.uint16)[:, None], 8, axis=1)
-    entries = shards.write_split(fs, str(tmp_path), "b/train", rows, shard_bytes=40 * 16)
+    stream = np.array_split(rows.reshape(-1), 7)  # pieces that do not end on a row
+    entries = shards.write_stream(fs, str(tmp_path), "b/train", stream, 8, shard_bytes=40 * 16)
     manifest = {"sequenceLength": 8, "splits": {"train": {"shards": entries}}}
     shards.write_json(fs, str(tmp_path), shards.MANIFEST, manifest)
     assert len(entries) == 3
@@ -122,3 +123,16 @@ def test_rows_in_memory_and_steps_larger_than_the_data():
     assert (reader.epoch, reader.position) == (4, 2)
     with pytest.raises(ValueError, match="a step's 6 sequences do not split into batches of 2"):
         ArrayReader(rows, rank=0, world_size=4).batches(2, 6)
+
+
+def test_a_packed_stream_fills_each_shard_and_drops_the_tail(tmp_path):
+    import fsspec
+
+    fs, tokens = fsspec.filesystem("file"), np.arange(1003, dtype=np.uint16)
+    pieces = np.array_split(tokens, 13)
+    entries = shards.write_stream(fs, str(tmp_path), "s", pieces, 10, shard_bytes=200)
+    assert [e["sequences"] for e in entries] == [10] * 10  # 200 B: 10 rows of 10 uint16
+    manifest = {"sequenceLength": 10, "splits": {"train": {"shards": entries}}}
+    shards.write_json(fs, str(tmp_path), shards.MANIFEST, manifest)
+    reader = ShardReader(tmp_path.as_uri())
+    assert (np.stack([reader.sequence(i) for i in range(100)]).reshape(-1) == tokens[:1000]).all()

@@ -17,12 +17,12 @@ def test_trained_tokenizer_round_trips_bytes_and_puts_special_tokens_first():
     assert tokenizer.get_vocab_size() <= 300
 
 
-def test_encode_puts_eos_after_each_document_and_pack_drops_the_tail():
+def test_encode_puts_eos_after_each_document_in_chunks_or_not():
     tokenizer = tokenize.train(TEXTS, TokenizerTraining(vocab_size=300, min_frequency=1))
     stream, lengths = tokenize.encode(tokenizer, TEXTS[:3], 1, np.dtype(np.uint16))
     assert len(stream) == sum(lengths) and stream[lengths[0] - 1] == 1 and stream[-1] == 1
-    rows = tokenize.pack(stream, 7)
-    assert rows.shape == (len(stream) // 7, 7) and (rows.reshape(-1) == stream[: rows.size]).all()
+    chunked, same = tokenize.encode(tokenizer, TEXTS[:3], 1, np.dtype(np.uint16), chunk_chars=10)
+    assert (chunked == stream).all() and same == lengths
 
 
 def test_load_from_a_uri_and_missing_eos(tmp_path):
