@@ -89,12 +89,6 @@ def shingles(text: str, size: int) -> np.ndarray:
     return np.unique(_mix(combined))
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Jaccard similarity of two sets given as sorted unique arrays."""
-    common = len(np.intersect1d(a, b, assume_unique=True))
-    return common / (len(a) + len(b) - common)
-
-
 class Signer:
     """MinHash signatures of word shingles. Permutation i is h(x) = (a_i * x + b_i) mod 2**64,
     top 32 bits (multiply-add-shift), over shingle hashes that are already well mixed."""

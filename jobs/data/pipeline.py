@@ -85,7 +85,7 @@ class FileResult:
 @dataclass(frozen=True)
 class Removed:
     stage: str
-    """As the audit counts it: length, quality.<heuristic>, blocklist, pii."""
+    """As the audit counts it: url, length, language, quality.<heuristic>, blocklist, pii."""
     detail: str | None = None
 
 

@@ -22,7 +22,7 @@ _SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
 class SourceError(ValueError):
-    """A file that cannot become documents; it is skipped and counted in the audit."""
+    """A source whose files cannot be listed, or that has none: the job cannot start."""
 
 
 @dataclass(frozen=True)
