@@ -24,6 +24,9 @@ SCORE = "score.weight"
 SCORER_LABELS = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
 EOS = "<|eos|>"
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+LINEAGE = "lineage.json"
+"""{"trainingData": [{"uri", "kind"}, ...]}: everything the model was trained on, its own run's
+data first, then its base model's, so an Evaluation can measure what its tasks share with it."""
 
 
 def export(
@@ -32,6 +35,7 @@ def export(
     out_dir: str | Path,
     tokenizer_json_path: str | Path | None = None,
     endpoint_url: str | None = None,
+    training_data: list[dict[str, str]] | None = None,
 ) -> str:
     """Write a LlamaForCausalLM checkpoint directory; returns its location.
 
@@ -58,6 +62,9 @@ def export(
     fs, root = filesystem(out, endpoint_url)
     write_atomic(fs, join(root, CONFIG), json.dumps(config, indent=2).encode())
     write_atomic(fs, join(root, WEIGHTS), save(tensors, metadata={"format": "pt"}))
+    if training_data is not None:
+        lineage = {"trainingData": training_data}
+        write_atomic(fs, join(root, LINEAGE), json.dumps(lineage, indent=2).encode())
     if tokenizer_json_path is not None:
         write_atomic(fs, join(root, TOKENIZER), Path(tokenizer_json_path).read_bytes())
         tokenizer_config = {
@@ -68,6 +75,16 @@ def export(
             fs, join(root, TOKENIZER_CONFIG), json.dumps(tokenizer_config, indent=2).encode()
         )
     return out
+
+
+def training_data(model_uri: str, endpoint_url: str | None = None) -> list[dict[str, str]]:
+    """What the model at model_uri was trained on (LINEAGE); empty when it does not say (a
+    model from elsewhere)."""
+    fs, root = filesystem(model_uri, endpoint_url)
+    try:
+        return json.loads(fs.cat_file(join(root, LINEAGE)))["trainingData"]
+    except FileNotFoundError:
+        return []
 
 
 def llama_config(arch: Architecture, dtype: str = "float32") -> dict:

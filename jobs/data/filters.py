@@ -1,16 +1,20 @@
-"""Filters: URL domains, language, Gopher/C4 quality heuristics, PII redaction, and a blocklist.
-Each says what it did."""
+"""Filters: URL domains, language, Gopher/C4 quality heuristics, PII redaction, a blocklist and
+fastText classifiers. Each says what it did."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from lmforge.jobs.storage import filesystem
 from lmforge.operator.api.dataset import (
     Blocklist,
+    Classifier,
     LanguageFilter,
     PiiFilter,
     QualityFilter,
@@ -284,3 +288,62 @@ class Language:
         if c.languages and language not in c.languages:
             return language, f"{language}: not in spec.filters.language.languages"
         return language, None
+
+
+class Classify:
+    """A fastText model's probability of one label for a document.
+
+    The model is read once per process, on first use (a worker that unpickles this reads it
+    again, as fastText models do not pickle). It is called through fastText's C++ binding:
+    fasttext 0.9.2's Python predict() builds its result with np.array(copy=False), which
+    numpy 2 refuses.
+    """
+
+    def __init__(self, config: Classifier, field: str, endpoint_url: str | None):
+        self.config, self.field, self.endpoint_url = config, field, endpoint_url
+        self.label = "__label__" + config.label.removeprefix("__label__")
+        self.model = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def load(self):
+        if self.model is None:
+            import fasttext_pybind
+
+            fs, path = filesystem(self.config.uri, self.endpoint_url)
+            with tempfile.TemporaryDirectory() as folder:
+                local = os.path.join(folder, "model.bin")
+                try:
+                    fs.get_file(path, local)
+                    model = fasttext_pybind.fasttext()
+                    model.loadModel(local)
+                except Exception as error:  # fsspec's backends' errors, fastText's ValueError
+                    raise ValueError(
+                        f"{self.field}.uri: cannot load a fastText model from {self.config.uri}:"
+                        f" {error}"
+                    ) from error
+            labels = model.getLabels("replace")[0]
+            if self.label not in labels:
+                shown = ", ".join(label.removeprefix("__label__") for label in labels[:20])
+                raise ValueError(f"{self.field}.label: {self.config.label!r} is not a label of"
+                                 f" {self.config.uri} (it has {shown})")  # fmt: skip
+            self.model = model
+        return self.model
+
+    def score(self, text: str) -> float:
+        """The probability of the label (fastText reads one line: newlines become spaces)."""
+        line = text.replace("\n", " ")
+        for probability, label in self.load().predict(line, -1, 0.0, "replace"):
+            if label == self.label:
+                return probability
+        return 0.0
+
+    def __call__(self, text: str) -> str | None:
+        """Why the document is removed, or None."""
+        c, score = self.config, self.score(text)
+        if c.action == "keep" and score < c.threshold:
+            return f"{c.label} {score:.3f} < {c.threshold} ({self.field}.threshold)"
+        if c.action == "remove" and score >= c.threshold:
+            return f"{c.label} {score:.3f} >= {c.threshold} ({self.field}.threshold)"
+        return None

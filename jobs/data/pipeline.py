@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.jobs.data import audit, engines, shards, sources, spill, tokenize
+from lmforge.jobs.data import audit, decontaminate, engines, shards, sources, spill, tokenize
 from lmforge.jobs.data.clean import Cleaner
 from lmforge.jobs.data.dedup import Signer, UnionFind, exact_edges, near_edges
-from lmforge.jobs.data.filters import Blocker, Domains, Language, Pii, domain, quality
+from lmforge.jobs.data.filters import Blocker, Classify, Domains, Language, Pii, domain, quality
 from lmforge.jobs.storage import filesystem, join, write_atomic
 from lmforge.operator.api.dataset import DatasetSpec
 
@@ -79,13 +79,16 @@ class FileResult:
     removed: Counter = field(default_factory=Counter)
     pii: Counter = field(default_factory=Counter)
     blocked: Counter = field(default_factory=Counter)
+    contaminated: Counter = field(default_factory=Counter)
+    """Documents removed per file of evaluation data."""
     seconds: Counter = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
 class Removed:
     stage: str
-    """As the audit counts it: url, length, language, quality.<heuristic>, blocklist, pii."""
+    """As the audit counts it: url, length, language, quality.<heuristic>, blocklist,
+    decontamination, classifier.<name>, pii."""
     detail: str | None = None
 
 
@@ -106,6 +109,12 @@ class Processor:
         self.clean = Cleaner(spec.cleaning)
         self.pii = Pii(spec.filters.pii) if spec.filters.pii.enabled else None
         self.block = Blocker(spec.filters.blocklist, lists.words)
+        self.evaluation = lists.evaluation
+        endpoint = spec.storage.endpoint_url
+        self.classifiers = [Classify(c, f"spec.filters.classifiers[{i}]", endpoint)
+                            for i, c in enumerate(spec.filters.classifiers)]  # fmt: skip
+        for classify in self.classifiers:
+            classify.load()  # a bad model fails the job now; forked workers share it
         near = spec.deduplication.near
         self.sign = Signer(near) if near.enabled else None
         # A document longer than this cannot pass maxChars: the reader skips it unread.
@@ -175,6 +184,20 @@ class Processor:
         if hits:
             result.blocked.update(hits)
             return Removed("blocklist", ", ".join(hits[:10])), language
+        if self.evaluation is not None:
+            example = self.evaluation.find(text)
+            result.seconds["decontamination"] += clock.lap()
+            if example is not None:
+                result.contaminated[self.evaluation.files[example]] += 1
+                where = self.evaluation.examples[example]
+                n = self.evaluation.n
+                return Removed("decontamination", f"shares a {n}-gram with {where}"), language
+        for classify in self.classifiers:
+            why = classify(text)
+            if why:
+                result.seconds["classifiers"] += clock.lap()
+                return Removed(f"classifier.{classify.config.name}", why), language
+        result.seconds["classifiers"] += clock.lap()
         if self.pii is not None:
             redacted, found = self.pii(text)
             result.seconds["pii"] += clock.lap()
@@ -390,7 +413,10 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
         batch_of[[f.number for f in batch.files]] = batch.index
 
     # 1: read, clean, filter, spill
-    processor = Processor(spec, _lists(spec), work, budget)
+    try:
+        processor = Processor(spec, _lists(spec), work, budget)
+    except ValueError as error:  # a classifier's model or label
+        raise DataError(str(error)) from error
     results: list[FileResult] = []
     for batch_results in _map(processor, work_batches, spec):
         results += batch_results
@@ -457,6 +483,12 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
         for number, n in w.tokens_by_file.items():
             tokens_by_source[files[number].uri] += n
     summary = _audit(results, clusters, files, tokens_by_source, splits)
+    if processor.evaluation is not None:
+        index = processor.evaluation
+        summary["decontamination"] = {
+            "ngram": index.n, "examples": len(index), "shorterThanNgram": index.short,
+            "removedByFile": dict(sum((r.contaminated for r in results), Counter()).most_common()),
+        }  # fmt: skip
     summary["removedDocuments"] = {"path": f"{build}/{audit.FOLDER}",
                                    "rows": sum(w.removed for w in written)}  # fmt: skip
     languages = sum((w.languages for w in written), Counter())
@@ -523,17 +555,27 @@ def _token_stream(work: str, split: str, count: int, dtype, chunk_bytes: int,
 
 @dataclass(frozen=True)
 class Lists:
-    """The filters' lists that live in files: blocklisted words, blocked domains."""
+    """What the filters read from files: blocklisted words, blocked domains, evaluation data."""
 
     words: list[str]
     domains: list[str]
+    evaluation: decontaminate.Index | None = None
 
 
 def _lists(spec: DatasetSpec) -> Lists:
     f = spec.filters
     words = _words(spec, f.blocklist.uri, "spec.filters.blocklist.uri")
     domains = _words(spec, f.urls.blocked_domains_uri, "spec.filters.urls.blockedDomainsUri")
-    return Lists(words, domains)
+    d, evaluation = f.decontamination, None
+    if d.uris:
+        field = "spec.filters.decontamination.uris"
+        try:
+            evaluation = decontaminate.index(d.uris, d.ngram, spec.storage.endpoint_url, field)
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{field}: cannot read evaluation data: {error}") from error
+        except ValueError as error:
+            raise DataError(str(error)) from error
+    return Lists(words, domains, evaluation)
 
 
 def _words(spec: DatasetSpec, uri: str | None, where: str) -> list[str]:

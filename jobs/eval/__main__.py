@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
-from lmforge.jobs.eval import tasks
+from lmforge.jobs.eval import overlap, tasks
 from lmforge.jobs.eval.perplexity import perplexity
 from lmforge.jobs.generate import sample
 from lmforge.jobs.model import Scorer, Transformer
@@ -55,11 +55,18 @@ def evaluate(config: EvalConfig) -> dict:
             f"{task.name}.perplexity": figures["perplexity"],
             f"{task.name}.loss": figures["loss"],
         }
+    contamination = {}
+    if config.contamination.enabled:
+        figures, contamination = overlap.overlaps(
+            config.tasks, config.model_uri, config.contamination.ngram, config.endpoint_url
+        )
+        results |= figures
     ok, missed = passed(results, config.thresholds)
     samples = {p: sample(model, tokenizer, p, seed=i) for i, p in enumerate(config.samples)}
     return {
         "results": results,
         "details": details,
+        "contamination": contamination,
         "passed": ok,
         "missed": missed,
         "samples": samples,

@@ -37,7 +37,7 @@ from lmforge.jobs.train.schedule import lr_multiplier
 from lmforge.jobs.train.telemetry import Telemetry
 from lmforge.operator.api import events, sizing
 from lmforge.operator.api.events import Exit
-from lmforge.operator.api.jobs import ConfigError, TrainConfig
+from lmforge.operator.api.jobs import ConfigError, FineTuneConfig, TrainConfig
 from lmforge.operator.api.training import Optimizer
 
 log = logging.getLogger("lmforge.train")
@@ -227,6 +227,7 @@ class Trainer:
                     self.config.output_uri,
                     tokenizer_json_path=path,
                     endpoint_url=self.config.endpoint_url,
+                    training_data=training_data(self.config),
                 )
         dist.barrier()
 
@@ -356,3 +357,12 @@ def _peak_flops(device: torch.device) -> float | None:
         peaks = (sizing.GPUS[k].bf16_tflops for k in model)
         return next((p * 1e12 for p in peaks), None)
     return None
+
+
+def training_data(config: TrainConfig) -> list[dict[str, str]]:
+    """What the exported model is trained on (hf.LINEAGE): this run's data, then everything its
+    base model was trained on."""
+    data = [config.training_data()]
+    if isinstance(config, FineTuneConfig):
+        data += hf.training_data(config.base_model_uri, config.endpoint_url)
+    return list({d["uri"]: d for d in data}.values())

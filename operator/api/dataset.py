@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from lmforge.operator.api.base import URI_PATTERN, Model, Rule
+from lmforge.operator.api.base import NAME_PATTERN, URI_PATTERN, Model, Rule
 from lmforge.operator.api.common import Status, Workload
 from lmforge.operator.api.resource import Column, Resource
 
@@ -148,12 +148,55 @@ class LanguageFilter(Model):
     """A document whose most likely language scores below this is removed."""
 
 
+class Classifier(Model):
+    """A fastText model (a .bin from fastText's train_supervised) that scores every document for
+    one label, as FineWeb-Edu (quality) and NeMo-Curator (quality, toxicity, domain) use them."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    """The audit counts what it removes as classifier.<name>."""
+    uri: str = Field(pattern=URI_PATTERN)
+    """The model file, local or in object storage; each worker reads it once."""
+    label: str = Field(min_length=1, max_length=256)
+    """One of the model's labels, with or without fastText's __label__ prefix."""
+    threshold: float = Field(ge=0, le=1)
+    """A probability of the label."""
+    action: Literal["keep", "remove"] = "keep"
+    """keep: only documents scoring at least threshold are kept (quality, domain); remove:
+    documents scoring at least threshold are removed (toxicity)."""
+
+
+class Decontamination(Model):
+    """Documents that share a word n-gram with evaluation data are removed, so that evaluations
+    measure what the model learned rather than what it saw (GPT-3's 13-gram overlap)."""
+
+    uris: list[Annotated[str, Field(pattern=URI_PATTERN)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """Evaluation data: jsonl rows (the text of every string field of a row is one example, so
+    an Evaluation's task files work as they are) or plain text files (a file is one example).
+    Globs allowed."""
+    ngram: int = Field(default=13, ge=4, le=64)
+    """Words per n-gram: lower-cased runs of letters and digits."""
+
+
 class Filters(Model):
     urls: UrlFilter = Field(default_factory=UrlFilter)
     language: LanguageFilter = Field(default_factory=LanguageFilter)
     quality: QualityFilter = Field(default_factory=QualityFilter)
     pii: PiiFilter = Field(default_factory=PiiFilter)
     blocklist: Blocklist = Field(default_factory=Blocklist)
+    classifiers: list[Classifier] = Field(default_factory=list, max_length=16)
+    """Run in order after the heuristics and the blocklist; a document any of them removes is
+    removed."""
+    decontamination: Decontamination = Field(default_factory=Decontamination)
+
+    rules = (
+        Rule(
+            "self.classifiers.all(c, self.classifiers.exists_one(d, d.name == c.name))",
+            "classifier names must be unique",
+            ".classifiers",
+        ),
+    )
 
 
 class TokenizerTraining(Model):

@@ -64,10 +64,22 @@ class Threshold(Model):
     rules = (Rule("has(self.min) || has(self.max)", "set min, max or both"),)
 
 
+class Contamination(Model):
+    """How much of each task the model saw in training: the share of the task's examples that
+    share a word n-gram with the training data its model records (the Datasets and rows of
+    every stage of its lineage), reported as <task>.overlap. The training data is read once
+    per Evaluation: for a large corpus, decontaminate the Dataset instead
+    (spec.filters.decontamination) and turn this off."""
+
+    enabled: bool = True
+    ngram: int = Field(default=13, ge=4, le=64)
+
+
 class EvaluationSpec(Workload):
     model_ref: ModelRef = immutable()
     tasks: list[Task] = Field(min_length=1, max_length=64)
     thresholds: list[Threshold] = Field(default_factory=list, max_length=64)
+    contamination: Contamination = Field(default_factory=Contamination)
 
     rules = (
         Rule(

@@ -18,7 +18,7 @@ from lmforge.operator.api.architecture import Architecture
 from lmforge.operator.api.base import Model
 from lmforge.operator.api.dataset import DatasetSpec
 from lmforge.operator.api.deployment import Limits, RateLimit, Safety
-from lmforge.operator.api.evaluation import Task, Threshold
+from lmforge.operator.api.evaluation import Contamination, Task, Threshold
 from lmforge.operator.api.finetune import Lora, Rl
 from lmforge.operator.api.training import Training
 
@@ -56,6 +56,14 @@ class TrainConfig(Model):
 
     data_field: ClassVar[str]
     """The spec field the run's data comes from, for the errors that name it."""
+    data_uri_field: ClassVar[str]
+    """The field of this config that holds the run's data URI."""
+
+    def training_data(self) -> dict[str, str]:
+        """What this run trains on, as the exported model's lineage records it (jobs/hf.py):
+        a Dataset's output, or jsonl rows."""
+        kind = "Dataset" if self.data_uri_field == "dataset_uri" else "jsonl"
+        return {"uri": getattr(self, self.data_uri_field), "kind": kind}
 
     def resolve(
         self, architecture: Architecture, world_size: int, sequence_length: int, vocab_size: int
@@ -132,6 +140,7 @@ class PretrainConfig(TrainConfig):
     """The Dataset's output (manifest.json and shards)."""
 
     data_field: ClassVar = "spec.datasetRef"
+    data_uri_field: ClassVar = "dataset_uri"
 
 
 class FineTuneConfig(TrainConfig):
@@ -151,6 +160,7 @@ class SftConfig(FineTuneConfig):
     """jsonl examples (jobs/finetune/data.py)."""
 
     data_field: ClassVar = "spec.data"
+    data_uri_field: ClassVar = "examples_uri"
 
 
 class RewardConfig(FineTuneConfig):
@@ -163,6 +173,7 @@ class RewardConfig(FineTuneConfig):
     """Over every ordered pair of a ranking, or the whole ranking."""
 
     data_field: ClassVar = "spec.preferences"
+    data_uri_field: ClassVar = "preferences_uri"
 
 
 class DpoConfig(FineTuneConfig):
@@ -176,6 +187,7 @@ class DpoConfig(FineTuneConfig):
     """The frozen reference model; the base model when unset."""
 
     data_field: ClassVar = "spec.preferences"
+    data_uri_field: ClassVar = "preferences_uri"
 
 
 class GrpoConfig(FineTuneConfig):
@@ -189,6 +201,7 @@ class GrpoConfig(FineTuneConfig):
     rl: Rl = Rl()
 
     data_field: ClassVar = "spec.prompts"
+    data_uri_field: ClassVar = "prompts_uri"
 
 
 AnyTrainConfig = Annotated[
@@ -214,6 +227,7 @@ class EvalConfig(Model):
     results_uri: str
     """Where the job writes results.json (every figure, per-example details, samples)."""
     endpoint_url: str | None = None
+    contamination: Contamination = Field(default_factory=Contamination)
     samples: list[str] = Field(default_factory=lambda: ["def ", "class ", "import "])
     """Prompts to sample continuations from, for the report."""
 

@@ -34,6 +34,7 @@ class EvaluationStage(Stage):
             tasks=spec.tasks,
             task_uris={name: task.uri for name, task in tasks.items()},
             thresholds=spec.thresholds,
+            contamination=spec.contamination,
             results_uri=results,
             endpoint_url=store.endpoint_url,
         )

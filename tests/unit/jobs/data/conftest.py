@@ -36,3 +36,27 @@ def words():
     rng = random.Random(7)
     letters = "abcdefghijklmnopqrstuvwxyz"
     return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+
+
+SPAM = ["buy", "cheap", "pills", "now", "click", "here", "free", "money", "casino", "win",
+        "bonus", "offer", "limited", "deal", "discount", "prize", "winner", "urgent"]  # fmt: skip
+
+
+def spam(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choices(SPAM, k=n))
+
+
+@pytest.fixture
+def classifier(tmp_path, words):
+    """A fastText model, trained here, that tells the pseudo-word prose (hq) from spam (lq)."""
+    import fasttext
+
+    rng = random.Random(3)
+    lines = [f"__label__hq {' '.join(rng.choices(words, k=60))}" for _ in range(600)]
+    lines += [f"__label__lq {spam(rng, 60)}" for _ in range(600)]
+    rng.shuffle(lines)
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    model = fasttext.train_supervised(str(tmp_path / "train.txt"), epoch=20, lr=0.5, dim=16, minCount=1,
+                                      thread=1, seed=0, verbose=0)  # fmt: skip
+    model.save_model(str(tmp_path / "quality.bin"))
+    return (tmp_path / "quality.bin").as_uri()

@@ -1,3 +1,4 @@
+import pickle
 import random
 import re
 from collections import Counter
@@ -5,8 +6,10 @@ from collections import Counter
 import pytest
 
 from lmforge.jobs.data import filters
-from lmforge.jobs.data.filters import Blocker, Pii, _alpha_words, luhn, quality
-from lmforge.operator.api.dataset import Blocklist, PiiFilter, QualityFilter
+from lmforge.jobs.data.filters import Blocker, Classify, Pii, _alpha_words, luhn, quality
+from lmforge.operator.api.dataset import Blocklist, Classifier, PiiFilter, QualityFilter
+
+from .conftest import spam
 
 Q = QualityFilter(min_words=5)
 
@@ -156,3 +159,29 @@ def test_pii_finds_exactly_what_the_single_alternation_finds(kinds):
         text = "".join(rng.choice(PIECES) + rng.choice(["", "", " ", "\n", ",", "-", ".", ":", "@"])
                        for _ in range(rng.randint(1, 12)))  # fmt: skip
         assert pii(text) == reference_pii(text, kinds), text
+
+
+def test_a_fasttext_classifier_keeps_or_removes_by_the_labels_probability(classifier, words):
+    rng = random.Random(11)
+    prose, junk = " ".join(rng.choices(words, k=80)), spam(rng, 80)
+    keep = Classify(Classifier(name="q", uri=classifier, label="hq", threshold=0.5), "f", None)
+    assert keep.score(prose) > 0.9 > 0.1 > keep.score(junk)
+    assert keep(prose) is None
+    assert re.fullmatch(r"hq 0\.\d{3} < 0\.5 \(f\.threshold\)", keep(junk))
+    toxic = Classify(Classifier(name="t", uri=classifier, label="__label__lq", threshold=0.5,
+                                action="remove"), "f", None)  # fmt: skip
+    assert toxic(prose) is None and toxic(junk).endswith(">= 0.5 (f.threshold)")
+    assert toxic("one line\nand another") == toxic("one line and another")
+    again = pickle.loads(pickle.dumps(keep))  # as a Ray worker gets it: it reads the model again
+    assert again.model is None and again.score(prose) == keep.score(prose)
+
+
+def test_a_classifier_that_cannot_load_names_the_field(classifier, tmp_path):
+    wrong = Classify(Classifier(name="q", uri=classifier, label="edu", threshold=0.5), "f", None)
+    with pytest.raises(ValueError, match=r"^f.label: 'edu' is not a label of .* \(it has hq, lq\)"):
+        wrong.load()
+    (tmp_path / "junk.bin").write_bytes(b"not a model")
+    for uri in ((tmp_path / "junk.bin").as_uri(), (tmp_path / "none.bin").as_uri()):
+        broken = Classify(Classifier(name="q", uri=uri, label="hq", threshold=0.5), "f", None)
+        with pytest.raises(ValueError, match=f"^f.uri: cannot load a fastText model from {uri}"):
+            broken.load()

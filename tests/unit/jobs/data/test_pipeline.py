@@ -17,7 +17,7 @@ import pytest
 from lmforge.jobs.data import pipeline, shards, sources
 from lmforge.jobs.data.reader import ShardReader
 
-from .conftest import merge
+from .conftest import merge, spam
 
 
 def write_corpus(folder: Path, words: list[str]) -> dict[str, int]:
@@ -256,3 +256,62 @@ def test_an_unreachable_bucket_is_a_clear_error(spec):
         pipeline.DataError, match=r"spec.sources\[0\].uri: cannot list s3://nowhere"
     ):
         pipeline.run(config, "file:///tmp/never")
+
+
+def test_classifiers_and_decontamination_remove_and_say_why(spec, corpus, classifier):
+    folder, planted = corpus
+    rng = random.Random(5)
+    (folder / "raw" / "spam.jsonl").write_text(
+        "".join(json.dumps({"text": spam(rng, 60)}) + "\n" for _ in range(10))
+    )
+    texts = {}
+    for path in sorted((folder / "raw").glob("part-*.jsonl")):
+        for index, line in enumerate(path.read_text().splitlines()):
+            texts.setdefault(json.loads(line)["text"], []).append((path, index))
+    unique = [t for t, at in texts.items() if len(at) == 1 and len(t.split()) > 40
+              and "forbiddenword" not in t]  # fmt: skip
+    leaked = unique[:3]  # in the evaluation data, as a question with other case and punctuation
+    rows = [{"question": " ".join(t.split()[10:30]).upper() + "?", "answer": "x"} for t in leaked]
+    rows.append({"question": "nothing in the corpus at all", "answer": "y"})
+    evaluation = folder / "eval.jsonl"
+    evaluation.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    filters = {"blocklist": {"words": ["forbiddenword"]},
+               "classifiers": [{"name": "quality", "uri": classifier, "label": "hq",
+                                "threshold": 0.5}],
+               "decontamination": {"uris": [evaluation.as_uri()]}}  # fmt: skip
+    out = folder / "out"
+    manifest = build(spec, corpus, out.as_uri(), filters=filters)
+    audit = json.loads((out / manifest["audit"]["path"]).read_text())
+    assert audit["removed"]["classifier.quality"] == 10
+    assert audit["removed"]["decontamination"] == 3
+    assert audit["decontamination"] == {"ngram": 13, "examples": 3, "shorterThanNgram": 1,
+                                        "removedByFile": {evaluation.as_uri(): 3}}  # fmt: skip
+    removed = pq.read_table(out / manifest["audit"]["removed"]).to_pylist()
+    spam_uri = (folder / "raw" / "spam.jsonl").as_uri()
+    by_stage = {}
+    for row in removed:
+        by_stage.setdefault(row["stage"], []).append(row)
+    assert {r["id"] for r in by_stage["classifier.quality"]} == {
+        sources.document_id(spam_uri, i) for i in range(10)
+    }
+    assert all(r["detail"].startswith("hq 0.") for r in by_stage["classifier.quality"])
+    expected = {}
+    for line, text in enumerate(leaked, 1):
+        path, index = texts[text][0]
+        expected[sources.document_id(path.as_uri(), index)] = (
+            f"shares a 13-gram with {evaluation.as_uri()} line {line}"
+        )
+    assert {r["id"]: r["detail"] for r in by_stage["decontamination"]} == expected
+    assert audit["documents"]["kept"] == planted["total"] - sum(audit["removed"].values()) + 10
+
+
+def test_a_classifier_label_the_model_lacks_fails_naming_the_field(spec, corpus, classifier):
+    filters = {"classifiers": [{"name": "edu", "uri": classifier, "label": "edu",
+                                "threshold": 0.5}]}  # fmt: skip
+    with pytest.raises(pipeline.DataError, match=r"spec.filters.classifiers\[0\].label: 'edu'"):
+        build(spec, corpus, (corpus[0] / "out").as_uri(), filters=filters)
+    missing = {"decontamination": {"uris": [(corpus[0] / "none.jsonl").as_uri()]}}
+    with pytest.raises(
+        pipeline.DataError, match=r"spec.filters.decontamination.uris\[0\]: no files match"
+    ):
+        build(spec, corpus, (corpus[0] / "out").as_uri(), filters=missing)

@@ -10,6 +10,7 @@ import fsspec
 import numpy as np
 import psutil
 
+from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
 from lmforge.operator.api import conditions
 from lmforge.operator.render.observe import PodState, failure
@@ -52,7 +53,11 @@ def test_data_and_checkpoints_on_s3(tmp_path, dataset, bucket, s3_endpoint):
     assert fs.exists(f"{bucket[5:]}/checkpoints/step-6/COMMITTED")
     assert sorted(fs.ls(f"{bucket[5:]}/model", detail=False)) == [
         f"{bucket[5:]}/model/{name}"
-        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+        for name in ("config.json", "lineage.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json")
+    ]  # fmt: skip
+    assert hf.training_data(f"{bucket}/model", s3_endpoint) == [
+        {"uri": f"{bucket}/dataset", "kind": "Dataset"}
     ]
 
 
