@@ -1,6 +1,8 @@
 """A Dataset as pods: the job's one pod (engine local), or, for engine ray, a Ray head that runs
-the job plus spec.resources.nodes - 1 Ray workers that join it. A KubeRay RayJob (or RayCluster)
-can replace the hand-made Ray pods where those CRDs are installed; that is a later step.
+the job plus spec.resources.nodes - 1 Ray workers that join it; with workers, the head offers no
+CPUs to Ray (as KubeRay's examples set it), so the work runs on them and the head stays free for
+the driver and Ray's control plane. A KubeRay RayJob (or RayCluster) can replace the hand-made
+Ray pods where those CRDs are installed; that is a later step.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class DatasetJob(Job):
                 f"ray start --head --port={RAY_PORT} --disable-usage-stats"
                 " --include-dashboard=false"
             )
+            if _ray_workers(r.resource):
+                head += " --num-cpus=0"
             job["command"] = ["sh", "-c", f'{head} && exec "$@"', "sh", *job["command"]]
             job["env"].append({"name": "RAY_ADDRESS", "value": f"127.0.0.1:{RAY_PORT}"})
         return body

@@ -32,6 +32,7 @@ def test_ray_engine_is_a_head_and_workers(resource, rendering):
     ]
     head, worker = pods[0]["spec"]["containers"][0], pods[1]["spec"]["containers"][0]
     assert head["command"][:2] == ["sh", "-c"] and "ray start --head" in head["command"][2]
+    assert "--num-cpus=0" in head["command"][2]  # the workers do the work
     assert head["command"][3:] == [
         "sh",
         "python",
@@ -45,6 +46,13 @@ def test_ray_engine_is_a_head_and_workers(resource, rendering):
     selector = lasting[1]["spec"]["selector"]
     assert selector.items() <= pods[0]["metadata"]["labels"].items()
     assert not selector.items() <= pods[1]["metadata"]["labels"].items()
+
+
+def test_a_ray_head_alone_does_the_work(resource, rendering):
+    dataset = resource(DATASET_SPEC, engine={"type": "ray"}, resources={"nodes": 1})
+    _, (head,) = DATASET.children(rendering(dataset), 0)
+    command = head["spec"]["containers"][0]["command"][2]
+    assert "ray start --head" in command and "--num-cpus" not in command
 
 
 def test_ray_children_names_are_checked(resource, owner):
