@@ -54,7 +54,7 @@ def write_corpus(folder: Path, parts: int, max_docs: int | None) -> dict[str, An
         reading = sources.Reading()
         texts = list(sources.read(file, source, reading, max_bytes=1 << 30))
         if texts:  # a file that is not UTF-8 has none: lmforge skips it, so we do too
-            docs.append({"text": texts[0], "id": file.uri})
+            docs.append({"text": texts[0][0], "id": file.uri})  # (text, url)
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(len(d["text"].encode()) for d in docs)
     part, size, out = 0, 0, None
