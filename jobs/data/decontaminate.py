@@ -4,6 +4,7 @@ the examples of each task that share one with its model's training data."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatch
@@ -100,9 +101,12 @@ def examples(
                 yield name, name, fs.cat_file(path).decode(errors="replace")
 
 
-def index(uris: Iterable[str], n: int, endpoint_url: str | None, field: str) -> Index:
+def index(
+    uris: Iterable[str], n: int, endpoint_url: str | None, field: str, limit: int | None = None
+) -> Index:
+    """The n-grams of the first `limit` examples (every one when unset)."""
     built = Index(n)
-    for file, where, text in examples(uris, endpoint_url, field):
+    for file, where, text in itertools.islice(examples(uris, endpoint_url, field), limit):
         built.add(text, where, file)
     return built
 

@@ -24,18 +24,14 @@ def overlaps(
     tasks: list[Task], model_uri: str, ngram: int, endpoint_url: str | None
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """({<task>.overlap: share of its examples}, details) for the tasks that read rows."""
-    indexes = {}
-    for task in tasks:
-        if task.uri:
-            index = decontaminate.Index(ngram)
-            found = decontaminate.examples([task.uri], endpoint_url, f"tasks {task.name}.uri")
-            for i, (file, where, text) in enumerate(found):
-                if task.max_examples is not None and i == task.max_examples:
-                    break
-                index.add(text, where, file)
-            indexes[task.name] = index
     data = hf.training_data(model_uri, endpoint_url)
-    if not indexes or not data:  # nothing to compare, or nothing known: no figure, not 0
+    indexes = {
+        task.name: decontaminate.index([task.uri], ngram, endpoint_url,
+                                       f"tasks {task.name}.uri", task.max_examples)
+        for task in tasks
+        if task.uri and data
+    }  # fmt: skip
+    if not indexes:  # no rows to compare, or nothing known of the training: no figure, not 0
         return {}, {"trainingData": data}
     hits: dict[str, dict[int, str]] = {name: {} for name in indexes}
     for source, text in training_texts(data, endpoint_url):

@@ -64,6 +64,10 @@ def test_overlap_counts_the_examples_the_training_data_shares_an_ngram_with(data
     first = {d["example"]: d["trainingData"] for d in details["qa"]["first"]}
     assert first[f"{task_file.as_uri()} line 1"] == dataset
     assert first[f"{task_file.as_uri()} line 3"] == sft.as_uri()
+    first_two = Task(name="qa", type="bleu", uri=task_file.as_uri(), max_examples=2)
+    assert overlap.overlaps([first_two], str(model), 13, None)[0] == {
+        "qa.overlap": round(sum(expected[:2]) / 2, 6)
+    }
     (model / "lineage.json").unlink()  # a model from elsewhere: no figure rather than 0
     assert overlap.overlaps([task], str(model), 13, None) == ({}, {"trainingData": []})
 
