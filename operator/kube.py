@@ -36,8 +36,10 @@ _CUSTOM_KINDS = {
     "PodGroup.scheduling.volcano.sh": ("scheduling.volcano.sh", "v1beta1", "podgroups"),
     "PodGroup.scheduling.x-k8s.io": ("scheduling.x-k8s.io", "v1alpha1", "podgroups"),
     "Workload.kueue.x-k8s.io": ("kueue.x-k8s.io", "v1beta2", "workloads"),
+    "RayCluster.ray.io": ("ray.io", "v1", "rayclusters"),
 }
-"""Children of other projects' CRDs (render/scheduling.py): kind.group -> group, version, plural."""
+"""Children of other projects' CRDs (render/scheduling.py, render/dataset.py): kind.group ->
+group, version, plural."""
 CHILD_KINDS = ("Pod", "Service", "ConfigMap")
 """What jobs own (and a finished job's TTL deletes)."""
 APPLIED = "lmforge.dev/applied"

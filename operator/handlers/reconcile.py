@@ -29,7 +29,8 @@ from lmforge.operator.api.resource import Resource
 from lmforge.operator.handlers import telemetry
 from lmforge.operator.handlers.settings import SETTINGS
 from lmforge.operator.kube import Kube, OwnershipError
-from lmforge.operator.render import RENDERERS, Renderer, scheduling
+from lmforge.operator.render import Renderer, renderer_for, scheduling
+from lmforge.operator.render.dataset import RAY_CLUSTER_CRD
 from lmforge.operator.render.names import TRACEPARENT_ANNOTATION, Owner, selector
 from lmforge.operator.render.observe import Admission, PodState, admission, observe
 from lmforge.operator.render.pods import Defaults, Rendering
@@ -135,7 +136,8 @@ def status_of(obj: dict[str, Any]) -> Status:
 
 
 def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None) -> None:
-    stage, renderer = STAGES[kind], RENDERERS[kind]
+    installed = defaults(api)
+    stage, renderer = STAGES[kind], renderer_for(kind, installed)
     owner = Owner.of(obj)
     try:
         resource = parse(obj)
@@ -167,26 +169,34 @@ def job_pass(api: Kube, kind: str, obj: dict[str, Any], traceparent: str | None)
         admission=_admission(api, owner, resource, previous),
     )
     rendering = description and Rendering(
-        owner, resource, stage.role, description, defaults(api), store, traceparent
+        owner, resource, stage.role, description, installed, store, traceparent
     )
     decision = renderer.decide(observed, owner, resource, stage)
     _apply(api, obj, owner, rendering, renderer, decision)
 
 
-_found_scheduler: list[str] = []
+_resolved: dict[str, str] = {}
+"""The installation's auto settings, as found: looked up once per process."""
 
 
 def defaults(api: Kube) -> Defaults:
-    """The installation's defaults, with gangScheduler auto resolved once: the first gang
-    scheduler whose PodGroup CRD is installed, else none."""
+    """The installation's defaults, each auto resolved once: gangScheduler to the first gang
+    scheduler whose PodGroup CRD is installed, else none; rayClusters to kuberay when KubeRay's
+    RayCluster CRD is installed, else pods."""
     d = SETTINGS.defaults
-    if d.gang_scheduler != "auto":
-        return d
-    if not _found_scheduler:
-        found = [s for s, crd in scheduling.POD_GROUP_CRDS.items() if api.has_crd(crd)]
-        _found_scheduler.append(found[0] if found else "none")
-        log.info("gang scheduler: %s", _found_scheduler[0])
-    return dataclasses.replace(d, gang_scheduler=_found_scheduler[0])
+
+    def resolve(setting: str, value: str, find: Callable[[], str]) -> str:
+        if value == "auto" and setting not in _resolved:
+            _resolved[setting] = find()
+            log.info("%s: %s", setting, _resolved[setting])
+        return _resolved[setting] if value == "auto" else value
+
+    crds = scheduling.POD_GROUP_CRDS.items()
+    gang = resolve("gangScheduler", d.gang_scheduler,
+                   lambda: next((s for s, crd in crds if api.has_crd(crd)), "none"))  # fmt: skip
+    ray = resolve("rayClusters", d.ray_clusters,
+                  lambda: "kuberay" if api.has_crd(RAY_CLUSTER_CRD) else "pods")  # fmt: skip
+    return dataclasses.replace(d, gang_scheduler=gang, ray_clusters=ray)
 
 
 def _admission(api: Kube, owner: Owner, resource: Resource, previous: Status) -> Admission | None:
@@ -279,6 +289,8 @@ def _apply(
         _end_group(api, owner, parse(obj))
     for name in decision.delete:
         api.delete("Pod", owner.namespace, name, decision.grace_seconds)
+    for kind, name in decision.remove:
+        api.delete(kind, owner.namespace, name)
     if decision.create:
         _create(api, rendering, renderer, decision)
     if decision.cleanup and api.delete_children(owner.namespace, selector(owner)):

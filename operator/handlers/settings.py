@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import get_args
 
-from lmforge.operator.render.pods import Defaults, GangScheduler
+from lmforge.operator.render.pods import Defaults, GangScheduler, RayClusters
 
 
 def _int(name: str, default: int) -> int:
@@ -25,9 +25,9 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment {name}={value!r}: expected a number of seconds") from error
 
 
-def _choice(name: str, default: str) -> str:
+def _choice(name: str, default: str, choices: object) -> str:
     value = os.environ.get(name) or default
-    allowed = get_args(GangScheduler)
+    allowed = get_args(choices)
     if value not in allowed:
         raise ValueError(f"environment {name}={value!r}: expected one of {', '.join(allowed)}")
     return value
@@ -58,8 +58,11 @@ class Settings:
             ),
             service_account=env("LMFORGE_JOB_SERVICE_ACCOUNT") or None,
             otlp_endpoint=env("LMFORGE_JOB_OTLP_ENDPOINT") or None,
-            gang_scheduler=_choice("LMFORGE_GANG_SCHEDULER", Defaults.gang_scheduler),
+            gang_scheduler=_choice(
+                "LMFORGE_GANG_SCHEDULER", Defaults.gang_scheduler, GangScheduler
+            ),
             scheduler_name=env("LMFORGE_SCHEDULER_NAME") or None,
+            ray_clusters=_choice("LMFORGE_RAY_CLUSTERS", Defaults.ray_clusters, RayClusters),
         )
         return cls(
             defaults=defaults,

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from lmforge.operator.api.common import Status
-from lmforge.operator.render.dataset import DATASET
+from lmforge.operator.render.dataset import DATASET, KUBERAY_DATASET
 from lmforge.operator.render.gang import GANG
 from lmforge.operator.render.job import JOB
 from lmforge.operator.render.names import Owner
 from lmforge.operator.render.observe import PodState
-from lmforge.operator.render.pods import Children, Rendering
+from lmforge.operator.render.pods import Children, Defaults, Rendering
 from lmforge.operator.render.status import Decision, Observed
 from lmforge.operator.stages.base import Stage
 
@@ -46,3 +46,11 @@ RENDERERS: dict[str, Renderer] = {
     "RewardModel": GANG,
     "Evaluation": JOB,
 }
+
+
+def renderer_for(kind: str, defaults: Defaults) -> Renderer:
+    """RENDERERS[kind], except that a Dataset runs its Ray workers on a KubeRay RayCluster
+    where the installation says so."""
+    if kind == "Dataset" and defaults.ray_clusters == "kuberay":
+        return KUBERAY_DATASET
+    return RENDERERS[kind]

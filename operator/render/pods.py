@@ -16,6 +16,9 @@ from lmforge.operator.stages.base import Description, Store
 GangScheduler = Literal["auto", "none", "volcano", "coscheduling"]
 """Which PodGroup the pods of an attempt get (render/scheduling.py); Kueue needs none. auto:
 whichever one's CRD the operator finds at startup (handlers/reconcile.py resolves it)."""
+RayClusters = Literal["auto", "kuberay", "pods"]
+"""What a Dataset with engine ray and workers runs on (render/dataset.py): a KubeRay RayCluster,
+or Ray pods of the operator's own; auto: KubeRay's when its CRD is installed."""
 
 CONFIG_DIR = "/etc/lmforge"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -40,6 +43,7 @@ class Defaults:
     gang_scheduler: GangScheduler = "auto"
     scheduler_name: str | None = None
     """The pods' schedulerName with a gang scheduler, if not its usual one."""
+    ray_clusters: RayClusters = "auto"
 
     @property
     def store(self) -> Store:

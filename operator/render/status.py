@@ -58,6 +58,8 @@ class Decision:
     create: tuple[str, ...] = ()
     """Names of pods of `attempt` to create, with the objects they need."""
     delete: tuple[str, ...] = ()
+    remove: tuple[tuple[str, str], ...] = ()
+    """Other children to delete, as (kind, name): a finished Dataset's RayCluster."""
     cleanup: bool = False
     """ttlSecondsAfterFinished has passed: delete every child object."""
     grace_seconds: int | None = None

@@ -15,6 +15,7 @@ HELM_VERSION=v3.19.0         # helm.sh/helm/v3
 COREDNS_VERSION=v1.14.7      # github.com/coredns/coredns (its client-go is v0.35)
 REGISTRY_VERSION=v3.1.2      # github.com/distribution/distribution/v3 (the registry)
 KUEUE_VERSION=v0.17.0        # sigs.k8s.io/kueue
+KUBERAY_VERSION=v1.5.0       # github.com/ray-project/kuberay/ray-operator
 
 CACHE=${LMFORGE_CACHE:-$HOME/.cache/lmforge}
 BIN=$CACHE/bin/k8s-$K8S_VERSION
@@ -129,6 +130,20 @@ build_kueue() {
   log "kueue manifests: copied"
 }
 
+# KubeRay's operator, and its CRDs (tests/cluster/kuberay.py applies them) from the same module.
+build_kuberay() {
+  build_go ray-operator "$KUBERAY_VERSION" github.com/ray-project/kuberay/ray-operator
+  local out=$BIN/kuberay-crds
+  if [[ -f $out/ray.io_rayclusters.yaml ]]; then log "kuberay CRDs: cached"; return; fi
+  local dir
+  dir=$(go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" |
+    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$WORK/kuberay-crds"
+  cp "$dir"/config/crd/bases/*.yaml "$WORK/kuberay-crds/"
+  rm -rf "$out" && mv "$WORK/kuberay-crds" "$out"
+  log "kuberay CRDs: copied"
+}
+
 T0=$SECONDS
 build_etcd
 build_kubernetes
@@ -138,5 +153,6 @@ build_go registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cm
 build_go helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_kueue
+build_kuberay
 log "all done in $((SECONDS - T0))s"
 echo "$BIN"

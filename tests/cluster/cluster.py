@@ -1,6 +1,6 @@
-"""A whole test cluster: the control plane (controlplane.py), Kueue (kueue.py) and one real node
-(node.py: kubelet, containerd, kube-proxy, CoreDNS), plus `Kube`, the kubectl wrapper tests use
-against it or against any cluster.
+"""A whole test cluster: the control plane (controlplane.py), Kueue (kueue.py), KubeRay
+(kuberay.py) and one real node (node.py: kubelet, containerd, kube-proxy, CoreDNS), plus `Kube`,
+the kubectl wrapper tests use against it or against any cluster.
 
     with LocalCluster(workdir, build()) as cluster:
         cluster.kube("get", "nodes")
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from controlplane import ControlPlane, build
+from kuberay import KubeRay
 from kueue import Kueue
 from node import DAEMONS, TAG, Node
 
@@ -134,12 +135,13 @@ def cri_log(text: str) -> str:
 
 
 class LocalCluster:
-    """The control plane, Kueue and the node `n1`, their files in `workdir`."""
+    """The control plane, Kueue, KubeRay and the node `n1`, their files in `workdir`."""
 
     def __init__(self, workdir: Path, bin_dir: Path):
         self.workdir = Path(workdir).resolve()
         self.control_plane = ControlPlane(self.workdir / "control-plane", bin_dir)
         self.kueue = Kueue(self.workdir / "kueue", bin_dir, self.control_plane)
+        self.kuberay = KubeRay(self.workdir / "kuberay", bin_dir, self.control_plane)
         self.node = Node(self.workdir / "node", bin_dir, self.control_plane)
         kubectl = Path(bin_dir) / "kubectl"
         self.kube = Kube(self.control_plane.kubeconfig, kubectl, self.node.pod_logs)
@@ -152,6 +154,7 @@ class LocalCluster:
         return [
             *(self.control_plane.logs / f"{name}.log" for name in planes),
             self.kueue.log,
+            self.kuberay.log,
             *(self.node.logs / f"{name}.log" for name in DAEMONS),
         ]
 
@@ -160,6 +163,7 @@ class LocalCluster:
         self.control_plane.start()
         try:
             self.kueue.start()
+            self.kuberay.start()
             self.node.start()
         except BaseException:
             self.stop()
@@ -173,6 +177,7 @@ class LocalCluster:
     def stop(self) -> None:
         """The node first: Kueue takes its finalizers off the pods the node deletes."""
         self.node.stop()
+        self.kuberay.stop()
         self.kueue.stop()
         self.control_plane.stop()
 

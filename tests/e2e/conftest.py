@@ -40,8 +40,9 @@ OPERATOR_ENV = {
 class Operator:
     """The operator process for one namespace; start() again after kill() is a restart."""
 
-    def __init__(self, kube: Kube, namespace: str, folder: Path):
+    def __init__(self, kube: Kube, namespace: str, folder: Path, env: dict[str, str] | None = None):
         self.kube, self.namespace, self.folder = kube, namespace, folder
+        self.env = {**OPERATOR_ENV, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.logs: list[Path] = []
         self.port = 0
@@ -52,7 +53,7 @@ class Operator:
         log = self.folder / f"operator-{len(self.logs)}.log"
         self.logs.append(log)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMFORGE_")}
-        env.update(OPERATOR_ENV, KUBECONFIG=str(self.kube.kubeconfig), PYTHONUNBUFFERED="1")
+        env.update(self.env, KUBECONFIG=str(self.kube.kubeconfig), PYTHONUNBUFFERED="1")
         command = [
             sys.executable, "-m", "lmforge.operator.main", "--namespace", self.namespace,
             "--liveness", f"http://127.0.0.1:{self.port}/healthz",
@@ -163,10 +164,14 @@ def operator(
     request: pytest.FixtureRequest, cluster: Kube, crds, namespace: str, tmp_path: Path
 ) -> Iterator[Operator | HelmOperator]:
     """The operator watching the test's namespace, started and healthy: a process on this
-    machine, or (parametrized indirectly with "helm") installed with the Helm chart."""
+    machine, or (parametrized indirectly with "helm") installed with the Helm chart, or (with a
+    dict) a process with those settings in its environment."""
     how = getattr(request, "param", "process")
-    kind = {"process": Operator, "helm": HelmOperator}[how]
-    running = kind(cluster, namespace, tmp_path).start()
+    if isinstance(how, dict):
+        running = Operator(cluster, namespace, tmp_path, env=how).start()
+    else:
+        running = {"process": Operator, "helm": HelmOperator}[how](cluster, namespace, tmp_path)
+        running.start()
     yield running
     running.stop()
 

@@ -91,6 +91,10 @@ No Secrets: the pods mount the ones their specs name; the operator never reads o
   # A training gang's PodGroup, where Volcano or the coscheduling plugin is installed.
   resources: ["podgroups"]
   verbs: ["get", "create", "patch"]
+- apiGroups: ["ray.io"]
+  # A Dataset's Ray head and workers, where KubeRay is installed (jobs.rayClusters).
+  resources: ["rayclusters"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["kueue.x-k8s.io"]
   # Why a queued gang waits: the conditions of its pod group's Workload.
   resources: ["workloads"]

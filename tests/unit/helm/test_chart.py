@@ -35,6 +35,7 @@ NEEDED = [
     ],
     *[(g, "podgroups", v) for g in ("scheduling.volcano.sh", "scheduling.x-k8s.io")
       for v in ("get", "create", "patch")],
+    *[("ray.io", "rayclusters", v) for v in ("get", "create", "patch", "delete")],
     *[("kueue.x-k8s.io", "workloads", v) for v in ("get", "list")],
     ("", "events", "create"),
 ]  # fmt: skip

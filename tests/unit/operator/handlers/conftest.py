@@ -102,6 +102,7 @@ class FakeKube:
 
     def delete(self, kind, namespace, name, grace=None):
         self.deleted.append((kind, name, grace))
+        kind = kind.split(".")[0]  # another project's kind.group is stored by its kind
         return self.objects.pop((kind, namespace, name), None) is not None
 
     def delete_children(self, namespace, selector):
@@ -131,7 +132,7 @@ def cluster(monkeypatch):
     reconcile.use(fake)
     settings = Settings(defaults=Defaults(image="img:test"))
     monkeypatch.setattr(reconcile, "SETTINGS", settings)
-    monkeypatch.setattr(reconcile, "_found_scheduler", [])  # gangScheduler auto: looked up anew
+    monkeypatch.setattr(reconcile, "_resolved", {})  # auto settings: looked up anew
     yield fake
     reconcile.use(None)
 

@@ -260,6 +260,34 @@ def test_dataset_summary_becomes_status_and_lineage(cluster, events):
     assert status["lineage"]["inputs"] == [{"uri": "s3://raw/*.txt", "digest": "sha256:s"}]
 
 
+@pytest.mark.parametrize("kuberay", [True, False])
+def test_ray_workers_are_a_raycluster_where_kuberay_is_installed(cluster, events, kuberay):
+    if kuberay:
+        cluster.crds.add("rayclusters.ray.io")
+    cluster.add(
+        DATASET.replace("storage:", "engine: {type: ray}\n  resources: {nodes: 3}\n  storage:")
+    )
+    run("Dataset", "corpus")
+    run("Dataset", "corpus")  # nothing more to create
+    clusters = [n for (k, _, n) in cluster.objects if k == "RayCluster"]
+    if not kuberay:
+        assert clusters == [] and sorted(cluster.pods()) == [
+            "corpus-data-0", "corpus-data-0-ray-1", "corpus-data-0-ray-2"]  # fmt: skip
+        return
+    assert clusters == ["corpus-ray"] and list(cluster.pods()) == ["corpus-data-0"]
+    cluster.set_pod("corpus-data-0", "Failed", terminated={"exitCode": 1, "reason": "Error"})
+    run("Dataset", "corpus")  # a new driver joins the same cluster
+    assert sorted(cluster.pods()) == ["corpus-data-0", "corpus-data-1"]
+    assert ("RayCluster", "team-a", "corpus-ray") in cluster.objects
+    done = {"event": "done", "output": "s3://bucket/dataset/corpus", "configDigest": "sha256:c"}
+    cluster.set_pod("corpus-data-1", "Succeeded",
+                    terminated={"exitCode": 0, "reason": "Completed", "message": json.dumps(done)})  # fmt: skip
+    run("Dataset", "corpus")
+    assert cluster.status("datasets", "corpus")["phase"] == "Succeeded"
+    assert ("RayCluster.ray.io", "corpus-ray", None) in cluster.deleted
+    assert ("RayCluster", "team-a", "corpus-ray") not in cluster.objects
+
+
 def test_evaluation_below_threshold_fails_the_gate(cluster, events):
     cluster.add(DATASET, status=BUILT)
     cluster.add(
