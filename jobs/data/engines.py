@@ -1,4 +1,4 @@
-"""Where the pipeline's work runs: local processes (the default) or Ray Data. Results keep input
+"""Where the pipeline's work runs: local processes (the default) or Ray tasks. Results keep input
 order. A worker that dies (the kernel's OOM killer, a signal) fails the job at once with
 WorkerLost instead of leaving it waiting."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 from collections.abc import Callable, Iterator
 from multiprocessing import connection
 from typing import Any
@@ -98,8 +97,10 @@ def _received(process, receiver) -> Any:
 
 
 def _ray(work: Callable[[Any], Any], items: list[Any], engine: Engine) -> Iterator[Any]:
-    """Ray Data over the item indices, order preserved. Joins the cluster at RAY_ADDRESS (a
-    KubeRay head, say) when set; otherwise starts Ray on this machine and stops it after."""
+    """Ray tasks, `workers` at a time, results in input order. Joins the cluster at RAY_ADDRESS
+    (a KubeRay head, say) when set; otherwise starts Ray on this machine and stops it after.
+    Plain tasks rather than Ray Data's map: on two CPUs its streaming executor kept one of them
+    idle for most of a pass (benchmarks/data_ray.py)."""
     try:
         import ray
     except ImportError as error:
@@ -109,17 +110,22 @@ def _ray(work: Callable[[Any], Any], items: list[Any], engine: Engine) -> Iterat
         local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers(engine)}
         ray.init(include_dashboard=False, log_to_driver=False, **local)
     try:
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        dataset = ray.data.range(len(items), override_num_blocks=len(items))
-        results = dataset.map(
-            lambda row: {"result": pickle.dumps(work(items[row["id"]]))},
-            concurrency=workers(engine),
-        )
-        try:
-            for row in results.iter_rows():
-                yield pickle.loads(row["result"])
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as error:
-            raise WorkerLost(LOST.format(cause=type(error).__name__)) from error
+        task = ray.remote(max_retries=0)(lambda index: work(items[index]))
+        running: dict[Any, int] = {}  # a task's result -> its item
+        finished: dict[int, Any] = {}  # done, waiting for an earlier item
+        submitted = returned = 0
+        while returned < len(items):
+            while submitted < len(items) and len(running) < workers(engine):
+                running[task.remote(submitted)] = submitted
+                submitted += 1
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            try:
+                finished[running.pop(ref)] = ray.get(ref)
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as error:
+                raise WorkerLost(LOST.format(cause=type(error).__name__)) from error
+            while returned in finished:
+                yield finished.pop(returned)
+                returned += 1
     finally:
         if started:
             ray.shutdown()

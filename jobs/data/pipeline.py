@@ -42,6 +42,9 @@ Progress = Callable[[str, int, int], None]
 
 RUNTIME_MIB = 256
 """What a worker needs before any document: Python, numpy, pyarrow, the tokenizer."""
+BATCHES_PER_WORKER = 4
+"""At least this many batches per worker where the files allow, so that the workers finish
+together."""
 
 
 class DataError(ValueError):
@@ -67,7 +70,11 @@ class Budget:
         per_doc = 24 + (near.bands * (16 + near.permutations) if near.enabled else 0)
         records = input_bytes * 4 * per_doc / 1024
         partitions = min(4096, max(1, math.ceil(records / (free // 4))))
-        return cls(chunk_bytes=free // 8, batch_bytes=free // 4, partitions=partitions)
+        # Smaller batches where the corpus is small, so that every worker gets some: a corpus
+        # of one batch would run on one worker.
+        spread = math.ceil(input_bytes / (BATCHES_PER_WORKER * engines.workers(spec.engine)))
+        batch = max(1, min(free // 4, spread))
+        return cls(chunk_bytes=free // 8, batch_bytes=batch, partitions=partitions)
 
 
 @dataclass

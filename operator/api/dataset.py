@@ -238,7 +238,7 @@ class Split(Model):
 
 class Engine(Model):
     type: Literal["local", "ray"] = "local"
-    """local: processes on the pod or machine; ray: Ray Data (KubeRay on Kubernetes)."""
+    """local: processes on the pod or machine; ray: Ray tasks (on KubeRay in Kubernetes)."""
     workers: int | None = Field(default=None, ge=1, le=4096)
     """Parallel workers; every CPU when unset."""
     worker_memory_mib: int = Field(default=1024, ge=256, le=1 << 20, alias="workerMemoryMiB")
