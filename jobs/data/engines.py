@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from multiprocessing import connection
 from typing import Any
@@ -17,6 +18,7 @@ LOST = (
     " give each worker more memory (spec.resources.memory, and spec.engine.workerMemoryMiB to"
     " match) or run fewer at once (spec.engine.workers)"
 )
+CRASHED = "a data worker crashed while working ({cause}): a fault in native code, not memory"
 
 
 class WorkerLost(RuntimeError):
@@ -42,7 +44,9 @@ def _local(work: Callable[[Any], Any], items: list[Any], count: int) -> Iterator
     native libraries fragment over many items (tokenizers, Arrow: 5-10 MiB a batch here) goes
     back with it, so a worker's peak does not grow with the corpus. Plain processes and pipes,
     so nothing else runs in this process when it forks; and a dead worker is noticed at once
-    (multiprocessing.Pool replaces a killed worker and waits for its task forever)."""
+    (multiprocessing.Pool replaces a killed worker and waits for its task forever). Not in a
+    process that has run Ray: what Ray leaves behind crashes forked children (SIGSEGV), so a
+    job runs one engine, in a process of its own."""
     context = multiprocessing.get_context("fork")
     running: dict[
         int, tuple[Any, Any]
@@ -87,7 +91,11 @@ def _received(process, receiver) -> Any:
         ok, value = receiver.recv()
     except EOFError:  # it closed the pipe without a result: killed
         process.join()
-        raise WorkerLost(LOST.format(cause=f"exit code {process.exitcode}")) from None
+        code = process.exitcode
+        if code is not None and -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
+            raise WorkerLost(CRASHED.format(cause=signal.Signals(-code).name)) from None
+        cause = signal.Signals(-code).name if code and code < 0 else f"exit code {code}"
+        raise WorkerLost(LOST.format(cause=cause)) from None
     finally:
         receiver.close()
     process.join()

@@ -59,22 +59,34 @@ class Budget:
     """Text a worker gathers before it writes: its spill's buffers and the tokenizer's input."""
     batch_bytes: int
     """Input bytes per batch of files (a unit of work; one larger file is a batch alone)."""
-    partitions: int
+    partitions: dict[str, int]
+    """Per kind of duplicate record (exact, near): enough that one partition's records fit."""
 
     @classmethod
-    def of(cls, spec: DatasetSpec, input_bytes: int) -> Budget:
+    def of(cls, spec: DatasetSpec, files: list[sources.File]) -> Budget:
         free = max(32, spec.engine.worker_memory_mib - RUNTIME_MIB) << 20
         near = spec.deduplication.near
-        # Records per byte of text: an exact record (24 B) and, per band, a near one (16 B and a
-        # byte per permutation), for documents of 1 KB; compressed inputs expand about 4x.
-        per_doc = 24 + (near.bands * (16 + near.permutations) if near.enabled else 0)
-        records = input_bytes * 4 * per_doc / 1024
-        partitions = min(4096, max(1, math.ceil(records / (free // 4))))
+        # Records per document of 1 KB of text: an exact record (24 B) and, per band, a near one
+        # (16 B and a byte per permutation).
+        text = sum(f.size * _expansion(spec.sources[f.source], f.uri) for f in files)
+        per_doc = {"exact": 24, "near": near.bands * (16 + near.permutations)}
+        partitions = {kind: min(4096, max(1, math.ceil(text * size / 1024 / (free // 4))))
+                      for kind, size in per_doc.items()}  # fmt: skip
         # Smaller batches where the corpus is small, so that every worker gets some: a corpus
         # of one batch would run on one worker.
+        input_bytes = sum(f.size for f in files)
         spread = math.ceil(input_bytes / (BATCHES_PER_WORKER * engines.workers(spec.engine)))
         batch = max(1, min(free // 4, spread))
         return cls(chunk_bytes=free // 8, batch_bytes=batch, partitions=partitions)
+
+
+def _expansion(source: sources.Source, uri: str) -> int:
+    """About how many bytes of text a byte of the file holds: compressed files and Parquet
+    about 4, plain text and jsonl 1."""
+    compressed = source.compression != "none" and (
+        source.compression != "auto" or uri.endswith(tuple(sources.SUFFIXES))
+    )
+    return 4 if compressed or source.format == "parquet" else 1
 
 
 @dataclass
@@ -413,7 +425,7 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
     work = join(output_uri, build, "work")
     if fs.exists(join(root, build)):  # what an interrupted run of this build left
         fs.rm(join(root, build), recursive=True)
-    budget = Budget.of(spec, sum(f.size for f in files))
+    budget = Budget.of(spec, files)
     work_batches = batches(files, budget.batch_bytes)
     batch_of = np.zeros(len(files), dtype=np.int64)
     for batch in work_batches:
@@ -434,7 +446,7 @@ def run(spec: DatasetSpec, output_uri: str, on_progress: Progress | None = None)
     # 2: duplicates
     kinds = [k for k, on in (("exact", spec.deduplication.exact),
                              ("near", spec.deduplication.near.enabled)) if on]  # fmt: skip
-    tasks = [(kind, p) for kind in kinds for p in range(budget.partitions)]
+    tasks = [(kind, p) for kind in kinds for p in range(budget.partitions[kind])]
     edges, exact = [], set()
     for done, ((kind, _), pairs) in enumerate(zip(tasks, _map(Resolver(spec, work), tasks, spec),
                                                   strict=True), 1):  # fmt: skip

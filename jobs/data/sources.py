@@ -18,7 +18,7 @@ from lmforge.jobs.data import web
 from lmforge.jobs.storage import filesystem
 from lmforge.operator.api.dataset import Source
 
-_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
 class SourceError(ValueError):
@@ -198,7 +198,7 @@ class _SoftEnd(io.RawIOBase):
 
 def _decompress(raw: _Hashing, uri: str, compression: str) -> io.BufferedIOBase:
     if compression == "auto":
-        compression = next((c for s, c in _SUFFIXES.items() if uri.endswith(s)), "none")
+        compression = next((c for s, c in SUFFIXES.items() if uri.endswith(s)), "none")
     if compression == "gzip":
         return gzip.GzipFile(fileobj=io.BufferedReader(raw))
     if compression == "zstd":

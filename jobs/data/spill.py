@@ -56,7 +56,7 @@ class Spill:
         self,
         work: str,
         batch: int,
-        partitions: int,
+        partitions: dict[str, int],
         near: NearDuplicates | None,
         exact: bool,
         chunk_bytes: int,
@@ -111,7 +111,7 @@ class Spill:
         self._reset()
 
     def _partitioned(self, kind: str, records: np.ndarray, hashes: np.ndarray) -> None:
-        partition = hashes % np.uint64(self.partitions)
+        partition = hashes % np.uint64(self.partitions[kind])
         for p in np.unique(partition):
             buffer = io.BytesIO()
             np.save(buffer, records[partition == p])

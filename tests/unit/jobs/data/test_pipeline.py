@@ -14,8 +14,10 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.jobs.data import pipeline, shards, sources
+from lmforge.jobs.data import engines, pipeline, shards, sources
 from lmforge.jobs.data.reader import ShardReader
+from lmforge.operator.api.dataset import Engine
+from lmforge.operator.api.jobs import DataConfig
 
 from .conftest import merge, spam
 
@@ -162,24 +164,46 @@ def test_a_worker_killed_mid_batch_fails_the_job_at_once_naming_memory(spec, cor
 
     monkeypatch.setattr(pipeline.Processor, "process", dies_on_the_second_batch)
     monkeypatch.setattr(pipeline.Budget, "of", classmethod(
-        lambda cls, spec, size: cls(chunk_bytes=1 << 20, batch_bytes=1, partitions=2)))  # fmt: skip
+        lambda cls, spec, files: cls(chunk_bytes=1 << 20, batch_bytes=1,
+                                     partitions={"exact": 2, "near": 3})))  # fmt: skip
     with pytest.raises(pipeline.DataError) as error:
         build(spec, corpus, (corpus[0] / "out").as_uri(), engine={"workers": 2})
     waited = time.time() - float(killed.read_text())
-    assert "a data worker died while working" in str(error.value)
+    assert "a data worker died while working (SIGKILL)" in str(error.value)
     assert "spec.engine.workerMemoryMiB" in str(error.value) and "memory" in str(error.value)
     assert waited < 5, f"the job noticed its dead worker after {waited:.1f} s"
     assert not (corpus[0] / "out" / "manifest.json").exists()
 
 
+def test_a_worker_that_crashes_is_not_blamed_on_memory():
+    def crash(item):
+        if item == 1:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return item
+
+    with pytest.raises(engines.WorkerLost, match=r"crashed while working \(SIGSEGV\)") as error:
+        list(engines.run(crash, [0, 1, 2], Engine(workers=2)))
+    assert "workerMemoryMiB" not in str(error.value)
+
+
 def test_engines_and_worker_counts_build_identical_datasets(spec, corpus):
-    """Local with 1 and 2 workers and Ray Data: the same manifest and the same shard bytes."""
+    """Local with 1 and 2 workers and Ray tasks: the same manifest and the same shard bytes. Ray
+    runs in a job process of its own, as in a pod: it leaves native state behind that a process
+    forked later (the local engine's workers) can crash on."""
     folder, _ = corpus
     engines = {"one": {"workers": 1}, "two": {"workers": 2}, "ray": {"type": "ray", "workers": 2}}
     built = {name: build(spec, corpus, (folder / name).as_uri(), engine=engine)
-             for name, engine in engines.items()}  # fmt: skip
+             for name, engine in engines.items() if name != "ray"}  # fmt: skip
+    config = spec([{"uri": f"{folder.as_uri()}/raw/*.jsonl", "format": "jsonl"}],
+                  **merge(BUILD, {"engine": engines["ray"]}))  # fmt: skip
+    job = DataConfig(name="ray", spec=config, output_uri=(folder / "ray").as_uri())
+    (folder / "ray.json").write_text(json.dumps(job.wire()))
+    ran = subprocess.run([sys.executable, "-m", "lmforge.jobs.data", "--config",
+                          str(folder / "ray.json")], capture_output=True, text=True)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    built["ray"] = ShardReader((folder / "ray").as_uri()).manifest
     for manifest in built.values():
-        manifest.pop("seconds")
+        manifest.pop("seconds", None)
     assert built["one"] == built["two"] == built["ray"]
     for shard in built["one"]["splits"]["train"]["shards"]:
         contents = {read(f"{(folder / name).as_uri()}/{shard['path']}") for name in engines}
@@ -315,3 +339,20 @@ def test_a_classifier_label_the_model_lacks_fails_naming_the_field(spec, corpus,
         pipeline.DataError, match=r"spec.filters.decontamination.uris\[0\]: no files match"
     ):
         build(spec, corpus, (corpus[0] / "out").as_uri(), filters=missing)
+
+
+def test_budget_sizes_partitions_by_record_kind_and_expansion(spec):
+    """docs/data.md's formula: near records are ~100x the exact ones per document, and a gzip
+    file holds about 4x its size in text where jsonl holds 1x."""
+    config = spec([{"uri": "file:///c/*.jsonl", "format": "jsonl"}],
+                  engine={"workers": 2, "workerMemoryMiB": 512})  # fmt: skip
+    plain = [sources.File(0, f"file:///c/{i}.jsonl", 100 << 20, i) for i in range(4)]
+    packed = [sources.File(0, f"file:///c/{i}.jsonl.gz", 100 << 20, i) for i in range(4)]
+    budget, zipped = pipeline.Budget.of(config, plain), pipeline.Budget.of(config, packed)
+    free = (512 - pipeline.RUNTIME_MIB) << 20
+    n = config.deduplication.near
+    near = n.bands * (16 + n.permutations)
+    assert budget.partitions == {"exact": 1, "near": -(-(400 << 20) * near // 1024 // (free // 4))}
+    assert zipped.partitions["near"] == -(-(1600 << 20) * near // 1024 // (free // 4))
+    assert budget.chunk_bytes == free // 8
+    assert budget.batch_bytes == min(free // 4, (400 << 20) // (4 * 2))
