@@ -144,13 +144,16 @@ def run_lmforge(work: Path, pii: bool, workers: int) -> dict[str, Any]:
 # --- datatrove -----------------------------------------------------------------------------------
 
 
-def datatrove_stages(work: Path, tasks: int, workers: int) -> dict[str, Any]:
+def datatrove_stages(work: Path, tasks: int, workers: int, corpus: Path | None = None,
+                     quality: bool = True) -> dict[str, Any]:  # fmt: skip
     """datatrove's documented multi-stage layout: each stage a LocalPipelineExecutor that depends
-    on the one before, intermediate results on disk (uncompressed jsonl: the cheaper choice)."""
+    on the one before, intermediate results on disk (uncompressed jsonl: the cheaper choice).
+    Reads work/corpus unless told otherwise; without quality filters the exact-duplicate filter
+    reads the corpus itself."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline import dedup, filters, readers, tokens, writers
 
-    root, corpus = work / "datatrove", str(work / "corpus")
+    root, corpus = work / "datatrove", str(corpus or work / "corpus")
     shutil.rmtree(root, ignore_errors=True)
     exact = dedup.ExactDedupConfig(content_getter=_document_text)
     minhash = dedup.MinhashConfig(n_grams=SHINGLE, num_buckets=BUCKETS, hashes_per_bucket=ROWS)
@@ -159,14 +162,15 @@ def datatrove_stages(work: Path, tasks: int, workers: int) -> dict[str, Any]:
     def jsonl(name: str):
         return writers.JsonlWriter(str(root / name), compression=None)
 
+    filtering = [*datatrove_quality(filters, words), jsonl("filtered")] if quality else []
     plan = {
         "filter+exactSignature": ([
-            readers.JsonlReader(corpus), *datatrove_quality(filters, words), jsonl("filtered"),
+            readers.JsonlReader(corpus), *filtering,
             dedup.ExactDedupSignature(str(root / "exact-sigs"), exact)], tasks),
         "exactFind": ([dedup.ExactFindDedups(str(root / "exact-sigs"), str(root / "exact-dups"),
                                              exact)], 1),
         "exactFilter+minhashSignature": ([
-            readers.JsonlReader(str(root / "filtered")),
+            readers.JsonlReader(str(root / "filtered") if quality else corpus),
             dedup.ExactDedupFilter(str(root / "exact-dups"), exact, jsonl("removed-exact")),
             jsonl("unique"),
             dedup.MinhashDedupSignature(str(root / "minhash-sigs"), minhash, language=words)],

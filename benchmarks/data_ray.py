@@ -6,8 +6,8 @@ measured per-worker rate says about 1 TB on N nodes.
 One generated corpus (data_scale.py's: Zipf words, 2% planted exact and 2% near copies) goes
 through the same spec four times, each run in its own process tree with its memory sampled as
 the tree's PSS: engine local with 1 and 2 workers (the baseline: forked processes), then engine
-ray with 1 and 2 (a Ray cluster started by the job on this machine, Ray Data's map_batches with
-that concurrency). Every run must write the same shards. The estimate for 1 TB divides it by one
+ray with 1 and 2 (a Ray cluster started by the job on this machine; plain Ray tasks, that many
+at a time). Every run must write the same shards. The estimate for 1 TB divides it by one
 Ray worker's rate over the parallel passes (1: read, clean, filter, spill; 3: tokenize) times
 the workers of N nodes: linear scaling, with a tokenizer given by URI (training one is serial).
 """
