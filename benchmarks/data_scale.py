@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-mb", type=float, default=40)
     parser.add_argument("--baseline", default="9196c5c")
     parser.add_argument("--cap-mib", type=int, default=450)
-    parser.add_argument("--capped-mb", type=float, help="default: 10x --cap-mib")
+    parser.add_argument("--capped-mb", type=float, help="default: 10x --cap-mib; 0 skips it")
     parser.add_argument("--workers", type=int, default=1, help="the capped run's")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--datatrove", nargs=3, help=argparse.SUPPRESS)
@@ -377,8 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     factors = [int(f) for f in args.sizes.split(",") if f]
     if factors:
         report["sizes"] = sweep(work, factors, args.base_mb, baseline_tree(args.baseline, work))
-    size = args.capped_mb or 10 * (args.cap_mib << 20) / MB
-    report["capped"] = capped(work, size, args.cap_mib, args.workers)
+    size = 10 * (args.cap_mib << 20) / MB if args.capped_mb is None else args.capped_mb
+    if size:
+        report["capped"] = capped(work, size, args.cap_mib, args.workers)
     print(json.dumps({"benchmark": "data_scale", **report}, sort_keys=True))
 
 
