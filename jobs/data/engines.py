@@ -92,10 +92,9 @@ def _received(process, receiver) -> Any:
     except EOFError:  # it closed the pipe without a result: killed
         process.join()
         code = process.exitcode
-        if code is not None and -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
-            raise WorkerLost(CRASHED.format(cause=signal.Signals(-code).name)) from None
         cause = signal.Signals(-code).name if code and code < 0 else f"exit code {code}"
-        raise WorkerLost(LOST.format(cause=cause)) from None
+        message = CRASHED if cause in ("SIGSEGV", "SIGBUS", "SIGABRT") else LOST
+        raise WorkerLost(message.format(cause=cause)) from None
     finally:
         receiver.close()
     process.join()

@@ -83,9 +83,7 @@ class Budget:
 def _expansion(source: sources.Source, uri: str) -> int:
     """About how many bytes of text a byte of the file holds: compressed files and Parquet
     about 4, plain text and jsonl 1."""
-    compressed = source.compression != "none" and (
-        source.compression != "auto" or uri.endswith(tuple(sources.SUFFIXES))
-    )
+    compressed = sources.compression_of(uri, source.compression) != "none"
     return 4 if compressed or source.format == "parquet" else 1
 
 

@@ -18,7 +18,7 @@ from lmforge.jobs.data import web
 from lmforge.jobs.storage import filesystem
 from lmforge.operator.api.dataset import Source
 
-SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
 class SourceError(ValueError):
@@ -196,9 +196,15 @@ class _SoftEnd(io.RawIOBase):
         return len(data)
 
 
+def compression_of(uri: str, compression: str) -> str:
+    """The source's compression setting for this file, with `auto` read from its suffix."""
+    if compression != "auto":
+        return compression
+    return next((c for s, c in _SUFFIXES.items() if uri.endswith(s)), "none")
+
+
 def _decompress(raw: _Hashing, uri: str, compression: str) -> io.BufferedIOBase:
-    if compression == "auto":
-        compression = next((c for s, c in SUFFIXES.items() if uri.endswith(s)), "none")
+    compression = compression_of(uri, compression)
     if compression == "gzip":
         return gzip.GzipFile(fileobj=io.BufferedReader(raw))
     if compression == "zstd":
