@@ -71,9 +71,10 @@ class Recipe:
     def _reader(self, rows_or_uri, split: str) -> Sequences:
         c = self.config
         where = {"rank": self.rank, "world_size": self.world, "seed": c.training.seed}
-        if isinstance(rows_or_uri, str):
-            return ShardReader(rows_or_uri, split, endpoint_url=c.endpoint_url, **where)
-        return ArrayReader(rows_or_uri, split, **where)
+        if not isinstance(rows_or_uri, str):
+            return ArrayReader(rows_or_uri, split, **where)
+        return ShardReader(rows_or_uri, split, endpoint_url=c.endpoint_url,
+                           block=c.training.data.shuffle_shards, **where)  # fmt: skip
 
 
 def perplexity(figures: dict[str, float]) -> dict[str, float]:
@@ -98,9 +99,25 @@ class Pretraining(Recipe):
         self.architecture = config.architecture
         self.sequence_length = manifest["sequenceLength"]
         self.vocab_size = manifest["tokenizer"]["vocabSize"]
+        try:  # made once, so that its shards are fetched once
+            self.held_out: Sequences | ValueError = self._reader(config.dataset_uri, "validation")
+        except ValueError as error:
+            self.held_out = error
+        streaming, readers = config.training.data, [self.train, self.held_out]
+        needed = sum(r.cache_bytes for r in readers if isinstance(r, ShardReader))
+        if needed > streaming.cache_mib << 20:
+            raise ConfigError(
+                f"training.data.cacheMiB ({streaming.cache_mib}) cannot hold the shards a rank"
+                f" keeps, two blocks of training.data.shuffleShards ({self.train.block}) of the"
+                f" largest of each split ({needed / 2**20:.1f} MiB): raise cacheMiB or lower"
+                " shuffleShards"
+            )
 
     def validation(self) -> Sequences:
-        return self._reader(self.config.dataset_uri, "validation")
+        if isinstance(self.held_out, ValueError):
+            raise self.held_out
+        self.held_out.epoch = self.held_out.position = 0
+        return self.held_out
 
     def model(self, arch: Architecture) -> torch.nn.Module:
         return Transformer(arch)

@@ -36,6 +36,24 @@ class Parallelism(Model):
     """ddp replicates the model on every rank; fsdp (FSDP2) shards parameters and optimizer."""
 
 
+SHARD_CACHE_ENV = "LMFORGE_SHARD_CACHE"
+"""Where a rank caches remote shards: a volume of the pod (an emptyDir of cacheMiB per process);
+the system's temporary folder when unset."""
+
+
+class Streaming(Model):
+    """How each rank reads a Dataset's shards: in blocks of shards shuffled together, remote
+    ones through a bounded local cache (docs/training.md, "Reading data")."""
+
+    shuffle_shards: int = Field(default=8, ge=1, le=4096)
+    """Shards whose sequences are shuffled together (the order of the shards is shuffled every
+    epoch too): more mixes better and needs a larger cache. Fixed for the life of a run."""
+    cache_mib: int = Field(default=4096, ge=1, alias="cacheMiB")
+    """Local disk per rank for remote shards. It must hold two blocks of shuffleShards of the
+    largest shards (the one read and the next, fetched while it is read): checked before the
+    first step."""
+
+
 class CheckpointPolicy(Model):
     """Distributed checkpoints; a run resumes from the newest committed one by itself."""
 
@@ -76,6 +94,7 @@ class Training(Model):
     """torch.compile the model."""
     seed: int = Field(default=0, ge=0)
     parallelism: Parallelism = Field(default_factory=Parallelism)
+    data: Streaming = Field(default_factory=Streaming)
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     validation: Validation = Field(default_factory=Validation)
 

@@ -16,6 +16,7 @@ from lmforge.operator.api.common import TrainingStatus
 from lmforge.operator.api.finetune import FineTune
 from lmforge.operator.api.pretrainjob import PretrainJob
 from lmforge.operator.api.rewardmodel import RewardModel
+from lmforge.operator.api.training import SHARD_CACHE_ENV
 from lmforge.operator.render.names import Owner, check_child_name, metadata
 from lmforge.operator.render.observe import Failure, PodState, failure, lost
 from lmforge.operator.render.pods import (
@@ -47,6 +48,7 @@ SHUTDOWN_MARGIN_SECONDS = 15
 """torchrun's workers get the grace period minus this to checkpoint; torchrun itself needs the
 rest to exit before the kubelet's SIGKILL."""
 CONTAINER = "trainer"
+SHARD_CACHE = "/var/cache/lmforge"
 
 
 def worker_name(name: str, index: int, attempt: int = 0) -> str:
@@ -114,6 +116,11 @@ class Gang:
             # a node that joins a later round (a replacement) would wait for it forever.
             trainer["env"].append({"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"})
         volumes = []
+        if isinstance(r.resource, PretrainJob):  # ranks cache the Dataset's remote shards here
+            cache = r.resource.spec.training.data.cache_mib * r.resources.processes_per_node
+            trainer["volumeMounts"].append({"name": "shards", "mountPath": SHARD_CACHE})
+            trainer["env"].append({"name": SHARD_CACHE_ENV, "value": SHARD_CACHE})
+            volumes.append({"name": "shards", "emptyDir": {"sizeLimit": f"{cache}Mi"}})
         if r.resources.gpus:  # NCCL needs more shared memory than a container's default 64 MiB
             trainer["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
             volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})

@@ -1,6 +1,8 @@
 """The shard reader: disjoint rank partitions, deterministic shuffles, exact resume, on any world
 size."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -89,7 +91,7 @@ def test_a_step_reads_the_same_sequences_on_any_world_size(dataset):
     two = world(dataset, 2)
     elastic = windows(two, 5, 4, 8)
     assert two[0].state_dict() == two[1].state_dict() == {
-        "epoch": 0, "position": 40, "seed": 7, "total": 103}  # fmt: skip
+        "epoch": 0, "position": 40, "seed": 7, "total": 103, "block": 3}  # fmt: skip
     one = world(dataset, 1, two[0].state_dict())
     elastic += windows(one, 5, 4, 8)  # two batches of 4 on the one rank
     elastic += windows(world(dataset, 4, one[0].state_dict()), 5, 2, 8)
@@ -97,10 +99,30 @@ def test_a_step_reads_the_same_sequences_on_any_world_size(dataset):
     assert straight[0] != straight[1] and len(set(straight[0])) == 8
 
 
-def test_state_from_another_seed_is_refused(dataset):
+def test_state_from_another_seed_or_block_is_refused(dataset):
     state = ShardReader(dataset, seed=1).state_dict()
-    with pytest.raises(ValueError, match="saved for seed 1 and 103 sequences cannot resume"):
+    with pytest.raises(ValueError, match="saved for seed 1, 103 sequences and blocks of 3"
+                                         " shards cannot resume with seed 2"):  # fmt: skip
         ShardReader(dataset, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"and blocks of 3 shards cannot resume .* blocks of 1$"):
+        ShardReader(dataset, seed=1, block=1).load_state_dict(state)
+    del state["block"]  # saved before blocks: one permutation of everything, as block 3 reads
+    ShardReader(dataset, seed=1, block=8).load_state_dict(state)
+
+
+def test_blocks_of_shards_are_read_one_after_the_other(dataset):
+    """Blocks of one shard: every epoch reads the 3 shards (40, 40, 23 sequences) whole, one
+    after the other in an order of the epoch's, each shuffled in itself."""
+    reader = ShardReader(dataset, seed=3, block=1)
+    stream = reader.batches(1)
+    epochs = [[ids(next(stream))[0] for _ in range(103)] for _ in range(4)]
+    firsts = set()
+    for order in epochs:
+        runs = [sorted(run) for _, run in itertools.groupby(order, key=lambda i: i // 40)]
+        assert sorted(runs) == [list(range(0, 40)), list(range(40, 80)), list(range(80, 103))]
+        assert order[:40] != sorted(order[:40])
+        firsts.add(order[0] // 40)
+    assert len(firsts) > 1 and len({tuple(e) for e in epochs}) == 4
 
 
 def test_an_incomplete_dataset_is_refused(tmp_path):
@@ -136,3 +158,39 @@ def test_a_packed_stream_fills_each_shard_and_drops_the_tail(tmp_path):
     shards.write_json(fs, str(tmp_path), shards.MANIFEST, manifest)
     reader = ShardReader(tmp_path.as_uri())
     assert (np.stack([reader.sequence(i) for i in range(100)]).reshape(-1) == tokens[:1000]).all()
+
+
+def test_remote_shards_stream_through_a_cache_of_two_blocks(dataset, bucket, s3_endpoint, tmp_path):
+    """On S3, in blocks of one shard: the batches the local reader gives, with at most two
+    shards on disk; the cache folder goes with the reader, and a killed process's at the next
+    start."""
+    import gc
+    import time
+
+    import fsspec
+
+    fsspec.filesystem("s3", endpoint_url=s3_endpoint).put(
+        dataset.removeprefix("file://") + "/", f"{bucket}/data", recursive=True
+    )
+    root = tmp_path / "cache" / "lmforge-shards"
+    (root / "999999999-stale").mkdir(parents=True)  # no such process
+    local = ShardReader(dataset, seed=4, block=1)
+    remote = ShardReader(f"{bucket}/data", seed=4, block=1, endpoint_url=s3_endpoint,
+                         cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    assert remote.cache_bytes == sum(sorted(e["bytes"] for e in local.manifest["splits"]
+                                            ["train"]["shards"])[-2:])  # fmt: skip
+    assert local.cache_bytes == 0
+    (folder,) = root.iterdir()  # the stale one is gone
+    held = []
+    streams = local.batches(4), remote.batches(4)
+    for _ in range(60):  # 240 sequences: over two epochs
+        a, b = (next(s) for s in streams)
+        assert (a == b).all()
+        held.append(len(list(folder.glob("*.arrow"))))
+    assert max(held) == 2 and min(held) >= 1
+    del remote, streams
+    deadline = time.monotonic() + 10  # once a background fetch in flight has ended
+    while list(root.iterdir()) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert not list(root.iterdir())

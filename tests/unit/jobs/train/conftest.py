@@ -6,9 +6,11 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from lmforge.operator.api.events import parse
@@ -33,6 +35,53 @@ def config(tmp: Path, dataset: str, strategy: str = "ddp", **training) -> dict:
         "outputUri": (tmp / "model").as_uri(),
         "processesPerNode": 2,
     }  # fmt: skip
+
+
+def reshard(dataset: str, uri: str, count: int, rows: int, endpoint_url: str | None = None):
+    """A copy of `dataset` at `uri` whose train split is `count` shards of `rows` sequences,
+    its own sequences from the first (repeated when there are too few)."""
+    from lmforge.jobs.data import shards
+    from lmforge.jobs.data.reader import ShardReader
+    from lmforge.jobs.storage import filesystem
+
+    source = ShardReader(dataset)
+    tokens = np.stack([source.sequence(i % source.total) for i in range(count * rows)])
+    fs, root = filesystem(uri, endpoint_url)
+    _, local = filesystem(dataset)
+    manifest = json.loads(Path(local, "manifest.json").read_text())
+    for name in (manifest["tokenizer"]["path"],
+                 *(e["path"] for e in manifest["splits"]["validation"]["shards"])):  # fmt: skip
+        fs.put_file(f"{local}/{name}", f"{root}/{name}")
+    row_bytes = tokens.shape[1] * tokens.itemsize
+    entries = shards.write_stream(
+        fs, root, "resharded/train", [tokens.reshape(-1)], tokens.shape[1], rows * row_bytes
+    )
+    assert len(entries) == count
+    manifest["splits"]["train"]["shards"] = entries
+    shards.write_json(fs, root, shards.MANIFEST, manifest)
+
+
+class Watch:
+    """The most shard files any one cache folder under `root` held, sampled while it runs."""
+
+    def __init__(self, root: Path):
+        self.root, self.most, self.folders = root, 0, set()
+
+    def __enter__(self):
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.005):
+            for folder in self.root.glob("lmforge-shards/*"):
+                self.folders.add(folder.name)
+                self.most = max(self.most, len(list(folder.glob("*.arrow"))))
+
+    def __exit__(self, *_):
+        self.done.set()
+        self.thread.join()
 
 
 def events(tmp: Path, kind: str | None = None) -> list[dict]:

@@ -8,7 +8,7 @@ import signal
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import config, events, train
+from .conftest import Watch, config, events, reshard, train
 
 
 def losses(tmp) -> dict[int, float]:
@@ -20,16 +20,32 @@ def weights(tmp):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, dataset, strategy):
+def test_killed_twice_and_resumed_equals_uninterrupted(
+    tmp_path, dataset, bucket, s3_endpoint, monkeypatch, strategy
+):
+    """The data on S3 in 12 shards of 10 sequences, read in blocks of 2 through each rank's
+    cache: 10 steps of 16 sequences cross blocks and an epoch."""
+    reshard(dataset, f"{bucket}/data", 12, 10, s3_endpoint)
+    monkeypatch.setenv("LMFORGE_SHARD_CACHE", str(tmp_path / "cache"))
+
+    def streamed(folder):
+        return config(folder, f"{bucket}/data", strategy, data={"shuffleShards": 2}) | {
+            "endpointUrl": s3_endpoint}  # fmt: skip
+
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert train(straight, config(straight, dataset, strategy)).returncode == 0
-    rng = random.Random()
-    first, second = rng.randint(3, 5), rng.randint(6, 8)
-    cfg = config(broken, dataset, strategy)
-    assert train(broken, cfg, stop_at=first).returncode != 0
-    assert train(broken, cfg, stop_at=second).returncode != 0
-    result = train(broken, cfg)
+    with Watch(tmp_path / "cache") as watch:
+        assert train(straight, streamed(straight)).returncode == 0
+        rng = random.Random()
+        first, second = rng.randint(3, 5), rng.randint(6, 8)
+        cfg = streamed(broken)
+        assert train(broken, cfg, stop_at=first).returncode != 0
+        assert train(broken, cfg, stop_at=second).returncode != 0
+        result = train(broken, cfg)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Each rank held at most two blocks of the 12 shards; a killed run's folder went at the
+    # next start, a finished run's at its exit. 4 runs x 2 ranks x (train, validation):
+    assert 3 <= watch.most <= 4 and len(watch.folders) == 16
+    assert not list((tmp_path / "cache" / "lmforge-shards").iterdir())
     resumes = [e["step"] for e in events(broken, "resume")]
     assert len(resumes) == 2 and 0 < resumes[0] <= first, (first, second, resumes)
     assert losses(broken) == losses(straight), (first, second)

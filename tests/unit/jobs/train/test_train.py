@@ -13,9 +13,10 @@ import psutil
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
 from lmforge.operator.api import conditions
+from lmforge.operator.api.events import Exit
 from lmforge.operator.render.observe import PodState, failure
 
-from .conftest import config, events, train
+from .conftest import config, events, reshard, train
 
 
 def unigram_entropy(dataset: str) -> float:
@@ -59,6 +60,21 @@ def test_data_and_checkpoints_on_s3(tmp_path, dataset, bucket, s3_endpoint):
     assert hf.training_data(f"{bucket}/model", s3_endpoint) == [
         {"uri": f"{bucket}/dataset", "kind": "Dataset"}
     ]
+
+
+def test_a_cache_too_small_for_two_blocks_is_refused_before_step_1(
+    tmp_path, dataset, bucket, s3_endpoint
+):
+    reshard(dataset, f"{bucket}/data", 4, 5000, s3_endpoint)  # 4 shards of 330 kB
+    cfg = config(tmp_path, f"{bucket}/data", data={"shuffleShards": 2, "cacheMiB": 1})
+    result = train(tmp_path, cfg | {"endpointUrl": s3_endpoint, "processesPerNode": 1}, nproc=1)
+    assert f"exitcode: {Exit.CONFIG_ERROR}" in result.stderr, result.stderr[-2000:]
+    assert (
+        "training.data.cacheMiB (1) cannot hold the shards a rank keeps, two blocks of"
+        " training.data.shuffleShards (2) of the largest of each split (1.3 MiB): raise cacheMiB"
+        " or lower shuffleShards"
+    ) in result.stderr
+    assert not events(tmp_path, "step")
 
 
 def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):

@@ -512,6 +512,17 @@ def test_resources_are_requests_and_limits(render, resource, gpus, expected):
     assert bool(shm) == bool(gpus)
 
 
+def test_ranks_cache_remote_shards_in_a_volume_of_their_cache_size(render, resource):
+    training = {"steps": 20, "globalBatchTokens": 4096, "microBatch": 4,
+                "data": {"cacheMiB": 512}}  # fmt: skip
+    pod = render(resource(training=training)).pods[0]  # 2 processes per node
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "shards"]
+    assert volume == {"name": "shards", "emptyDir": {"sizeLimit": "1024Mi"}}
+    container = pod["spec"]["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "shards"]
+    assert {"name": "LMFORGE_SHARD_CACHE", "value": mount["mountPath"]} in container["env"]
+
+
 def test_credentials_only_by_secret_reference(render, resource):
     gang = render(resource())
     container = gang.pods[0]["spec"]["containers"][0]
