@@ -5,7 +5,8 @@ Llama 2/3. Submodules are named like Hugging Face's LlamaForCausalLM, so `state_
 theirs (`model.layers.0.self_attn.q_proj.weight`, ...) and jobs/hf.py exports without renaming.
 
 Built from a resolved `Architecture`. To build a large model without allocating it (FSDP), create
-it under `torch.device("meta")`, shard it, `to_empty(device=...)`, then call `init_weights()`.
+it under `torch.device("meta")`, shard it, `to_empty(device=...)`, then call `init_weights()`:
+each rank then holds its shards, and the weights are those of an unsharded build.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lmforge.operator.api.architecture import Architecture
 
@@ -169,21 +171,31 @@ class Transformer(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         self.arch = arch = arch.resolved()  # raises if a size (e.g. vocab_size) is missing
-        self.model = nn.ModuleDict(
-            dict(
-                embed_tokens=nn.Embedding(arch.vocab_size, arch.d_model),
-                layers=nn.ModuleList(Block(arch) for _ in range(arch.layers)),
-                norm=RMSNorm(arch.d_model, arch.norm_eps),
+        device = torch.empty(0).device  # the default, or the one a `with torch.device` sets
+        with torch.device("meta"):  # init_weights() draws every weight: skip torch's defaults
+            self.model = nn.ModuleDict(
+                dict(
+                    embed_tokens=nn.Embedding(arch.vocab_size, arch.d_model),
+                    layers=nn.ModuleList(Block(arch) for _ in range(arch.layers)),
+                    norm=RMSNorm(arch.d_model, arch.norm_eps),
+                )
             )
-        )
-        self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
-        if arch.tied_embeddings:
+            self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+            if arch.tied_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
+            # Derived from the shape, so not saved in checkpoints (persistent=False).
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
+
+    def to_empty(self, *, device, recurse: bool = True):
+        """Storage on `device`, uninitialized; a tied head still shares the embedding's."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.arch.tied_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        # Derived from the shape, so not saved in checkpoints (persistent=False).
-        cos, sin = rope_tables(arch.d_model // arch.heads, arch.context_length, arch.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.init_weights()
+        return self
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -192,20 +204,29 @@ class Transformer(nn.Module):
         The projections that write into the residual stream (o_proj, down_proj) get std scaled
         by 1/sqrt(2 * layers), as in GPT-2: each block adds two of them to the stream, and this
         keeps its variance from growing with depth.
+
+        Each weight is drawn whole on the CPU from torch's seeded generator, the same numbers
+        whether the model is sharded or not, and a sharded parameter (an FSDP2 DTensor) keeps
+        this rank's part: no more than one full weight exists at a time.
         """
         residual_std = INIT_STD / math.sqrt(2 * self.arch.layers)
         for name, param in self.named_parameters():  # a tied weight is listed once
+            full = torch.empty(param.shape, dtype=param.dtype)
             if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(param, std=residual_std)
+                nn.init.normal_(full, std=residual_std)
             elif param.dim() == 2:
-                nn.init.normal_(param, std=INIT_STD)
+                nn.init.normal_(full, std=INIT_STD)
             else:
-                nn.init.ones_(param)
-        # After to_empty() the buffers hold garbage too; recompute them where they live.
+                nn.init.ones_(full)
+            if isinstance(param, DTensor):
+                full = distribute_tensor(
+                    full.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+                )
+            param.copy_(full)
         arch = self.arch
         cos, sin = rope_tables(arch.d_model // arch.heads, arch.context_length, arch.rope_theta)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        device = self.rope_cos.device
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     def hidden(self, tokens: torch.Tensor, step: Step | None = None) -> torch.Tensor:
         """The final hidden states (batch, seq, d_model), normalised: what a head reads. With a

@@ -7,6 +7,7 @@ the one place a config's method is looked at.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ class Recipe:
     sequence_length: int
     vocab_size: int
     train: Sequences
+    drawn: ClassVar[bool] = False
+    """The model's starting weights are drawn by its init_weights(), not loaded: FSDP builds it
+    on the meta device and draws each rank's shards."""
 
     def __init__(self, config: TrainConfig, rank: int, world: int):
         self.config, self.rank, self.world = config, rank, world
@@ -91,6 +95,7 @@ class Pretraining(Recipe):
     """Next-token prediction on a Dataset's packed sequences, from random weights."""
 
     config: PretrainConfig
+    drawn = True
 
     def __init__(self, config: PretrainConfig, rank: int, world: int):
         super().__init__(config, rank, world)

@@ -54,8 +54,8 @@ class Trainer:
         self.shape = config.resolve(r.architecture, self.world, r.sequence_length, r.vocab_size)
         self.arch = self.shape.architecture
         self.dtype = _autocast_dtype(t.precision, self.device)
-        torch.manual_seed(t.seed)  # every rank builds the same initial weights
-        self.model = self._parallelize(r.model(self.arch))
+        torch.manual_seed(t.seed)  # every rank draws the same initial weights
+        self.model = self._build()
         self.objective = r.objective(self.device)
         self.data = r.train
         self.optimizer = _adamw(self.model, t.optimizer)
@@ -245,6 +245,19 @@ class Trainer:
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(batch.astype(np.int64)).to(self.device)
 
+    def _build(self) -> torch.nn.Module:
+        """The model, parallelized. Under FSDP a model whose starting weights are drawn is
+        created on the meta device, sharded, then materialized: a rank allocates its shards and
+        never the whole model, and the weights are those an unsharded build draws."""
+        if self.config.training.parallelism.strategy != "fsdp" or not self.recipe.drawn:
+            return self._parallelize(self.recipe.model(self.arch).to(self.device))
+        with torch.device("meta"):
+            model = self.recipe.model(self.arch)
+        model = self._parallelize(model)
+        model.to_empty(device=self.device)
+        model.init_weights()
+        return model
+
     def _parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
         t = self.config.training
         if t.activation_checkpointing:
@@ -257,7 +270,6 @@ class Trainer:
         if t.compile:
             for block in model.model.layers:
                 block.compile()
-        model.to(self.device)
         if t.parallelism.strategy == "fsdp":
             policy = MixedPrecisionPolicy(
                 param_dtype=self.dtype or torch.float32, reduce_dtype=torch.float32

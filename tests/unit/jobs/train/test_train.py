@@ -9,6 +9,7 @@ import time
 import fsspec
 import numpy as np
 import psutil
+import pytest
 
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ShardReader
@@ -75,6 +76,21 @@ def test_a_cache_too_small_for_two_blocks_is_refused_before_step_1(
         " or lower shuffleShards"
     ) in result.stderr
     assert not events(tmp_path, "step")
+
+
+def test_fsdp_builds_only_each_ranks_shards_with_the_weights_of_an_unsharded_build(root):
+    """benchmarks/init_memory.py on the small preset (221 MiB of weights) over 2 ranks: the
+    trainer's FSDP model equals an unsharded build bit for bit, and building it grows a rank by
+    its half and the fixed overhead, where building the whole model first also adds the rest."""
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "init_memory.py"),
+                           "--preset", "small", "--check"], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, sharded = json.loads(done.stdout.splitlines()[-1])["builds"]
+    assert sharded["equal"] is True
+    assert sharded["localParamMiB"] == pytest.approx(sharded["modelParamMiB"] / 2, rel=0.01)
+    overhead = sharded["grownMiB"] - sharded["localParamMiB"]
+    assert overhead < whole["grownMiB"] - whole["localParamMiB"] - whole["modelParamMiB"] / 4
 
 
 def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):

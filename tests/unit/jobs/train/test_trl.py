@@ -88,7 +88,9 @@ def test_dpo_loss_equals_trl(tmp_path, base):
     with torch.no_grad():
         got = trainer.compute_loss(model, batch)
     print(f"DPO loss: lmforge {expected.item():.8f}, TRL {got.item():.8f}")
-    assert abs(got.item() - expected.item()) < 1e-5, (got.item(), expected.item())
+    # Each side sums ~100 float32 token log-probabilities of magnitude ~6 in its own order:
+    # log-ratios agree to ~1e-4, the loss (beta 0.1) to a few 1e-5.
+    assert abs(got.item() - expected.item()) < 5e-5, (got.item(), expected.item())
     assert expected.item() != pytest.approx(0.6931, abs=1e-3)  # not the trivial log 2
 
 
