@@ -57,7 +57,10 @@ def test_dpo_loss_equals_trl(tmp_path, base):
     reference = Transformer(arch)
     reference.load_state_dict(tensors)
     torch.manual_seed(7)
-    policy = Transformer(arch)  # another model: the log-ratios are not zero
+    policy = Transformer(arch)  # another model, with sharper outputs: the log-ratios are not ~0
+    with torch.no_grad():
+        for weight in policy.parameters():
+            weight.mul_(4 if weight.dim() == 2 else 1)
     hf.export(policy, arch, tmp_path / "policy", tokenizer_json_path=base_dir / "model" / "tokenizer.json")  # fmt: skip
     ours = rankings(pairs_only=True)
     rows = torch.from_numpy(preferences.encode(ours, tokenizer, CONTEXT - 1))
