@@ -145,7 +145,8 @@ class Checkpointer:
             if not failed.item():
                 state.load_state_dict(sharded)
                 for name, part in rank_state.items():
-                    part.load_state_dict(saved[name])
+                    if name in saved:  # a part an older version did not save starts fresh
+                        part.load_state_dict(saved[name])
                 return step
             log.warning("falling back to the previous committed checkpoint")
             if self.rank == 0:  # no longer counts as committed; removed at the next commit

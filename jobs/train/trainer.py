@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.jobs import hf
 from lmforge.jobs.train.checkpoint import Checkpointer
+from lmforge.jobs.train.guard import Guard
 from lmforge.jobs.train.recipes import recipe
 from lmforge.jobs.train.schedule import lr_multiplier
 from lmforge.jobs.train.telemetry import Telemetry
@@ -67,12 +68,14 @@ class Trainer:
             config.checkpoint_uri, t.checkpoint.keep, config.endpoint_url, t.checkpoint.async_save
         )
         self.state = TrainState(self.model, self.optimizer)
+        self.guard = Guard(t.divergence)
         # What differs per rank, saved by each: every part saves and loads itself.
         self.rank_state = {
             "data": self.data,
             "scheduler": self.scheduler,
             "scaler": self.scaler,
             "rng": RngState(),
+            "guard": self.guard,
         }
         self.telemetry = Telemetry(self.rank, config.name)
         self.step, self.stop_requested = 0, False
@@ -92,14 +95,19 @@ class Trainer:
         try:
             while self.step < self.shape.steps:
                 started = time.perf_counter()
-                figures, grad_norm = self.train_step(batches)
+                figures, grad_norm, stop, skipped = self.train_step(batches)
                 self.step += 1
-                figures, stop = self.reduce(figures)
-                self.report(figures, grad_norm, time.perf_counter() - started)
+                self.report(figures, grad_norm, time.perf_counter() - started, skipped)
+                if skipped and self.guard.diverged and not stop:
+                    self.roll_back(skipped)
+                    continue
                 last = self.step == self.shape.steps
                 if self.step % self.config.training.validation.every_steps == 0 or last:
                     self.validate()
-                if self.step % self.config.training.checkpoint.every_steps == 0 or last or stop:
+                # While steps are skipped the weights do not change: a rollback's checkpoint
+                # is one from before.
+                every = self.config.training.checkpoint.every_steps
+                if (self.step % every == 0 and not self.guard.in_a_row) or last or stop:
                     self.save()
                 if stop:
                     self.checkpointer.wait()
@@ -112,9 +120,10 @@ class Trainer:
         finally:
             self.telemetry.close()
 
-    def train_step(self, batches) -> tuple[torch.Tensor, float]:
-        """One optimizer step; the objective's figures (loss first) averaged over its
-        micro-batches, and the gradient norm before clipping."""
+    def train_step(self, batches) -> tuple[dict[str, float], float, bool, str | None]:
+        """One optimizer step: the objective's figures (loss first), means over micro-batches
+        and ranks; the gradient norm before clipping; whether a rank was asked to stop; and
+        why the guard skipped the update, if it did."""
         self.optimizer.zero_grad(set_to_none=True)
         accumulation = self.shape.accumulation
         total = torch.zeros(len(self.objective.names), device=self.device)
@@ -127,11 +136,14 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.config.training.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
+        norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        figures, stop = self.reduce(total / accumulation)
+        skipped = self.guard.check(next(iter(figures.values())), norm, self.scaler.is_enabled())
+        if skipped is None:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        return total / accumulation, float(norm)
+        return figures, norm, stop, skipped
 
     def reduce(self, figures: torch.Tensor) -> tuple[dict[str, float], bool]:
         """The figures' means over ranks, and whether any rank was asked to stop: one
@@ -142,7 +154,9 @@ class Trainer:
         means = (both[:-1] / self.world).tolist()
         return dict(zip(self.objective.names, means, strict=True)), both[-1].item() > 0
 
-    def report(self, figures: dict[str, float], grad_norm: float, seconds: float) -> None:
+    def report(
+        self, figures: dict[str, float], grad_norm: float, seconds: float, skipped: str | None
+    ) -> None:
         tokens = self.config.training.global_batch_tokens
         rate = tokens / seconds
         peak = _peak_flops(self.device)
@@ -157,6 +171,8 @@ class Trainer:
             tokensPerSecond=round(rate, 1),
             stepSeconds=round(seconds, 4),
             mfu=round(rate * self.flops_per_token / (peak * self.world), 4) if peak else None,
+            **({"skipped": skipped} if skipped else {}),
+            **({"skippedSteps": self.guard.skipped} if self.guard.skipped else {}),
         )
 
     @torch.no_grad()
@@ -205,6 +221,32 @@ class Trainer:
         self.step = step
         uri = self.checkpointer.step_uri(step)
         self.telemetry.event(events.RESUME, step=step, uri=uri, worldSize=self.world)
+
+    def roll_back(self, reason: str) -> None:
+        """Back to the newest committed checkpoint's weights, optimizer, schedule and RNGs,
+        after the guard skipped maxSkips steps in a row. The data goes on from here (the
+        batches that diverged are not read again) and the guard keeps its counts."""
+        at = self.step
+        self.guard.roll_back(at, reason)
+        self.checkpointer.wait()
+        kept = {k: v for k, v in self.rank_state.items() if k not in ("data", "guard")}
+        step = self.checkpointer.load(self.state, kept, self._identity())
+        if step is None:
+            every = self.config.training.checkpoint.every_steps
+            raise ConfigError(
+                f"training diverged at step {at} ({reason}) before its first checkpoint, so"
+                f" there is nothing to roll back to: lower training.optimizer.lr or"
+                f" training.checkpoint.everySteps ({every})"
+            )
+        self.step = step
+        self.telemetry.event(
+            events.ROLLBACK,
+            step=step,
+            fromStep=at,
+            uri=self.checkpointer.step_uri(step),
+            reason=reason,
+            rollbacks=self.guard.rollbacks,
+        )
 
     def export(self) -> None:
         """The trained model as a Hugging Face Llama directory, with its tokenizer; LoRA adapters

@@ -341,4 +341,6 @@ class TrainingStatus(Status):
     eta: str | None = None
     """eta_seconds for people (1h02m, 4m10s), for `kubectl get`."""
     validation_loss: float | None = None
+    skipped_steps: int | None = None
+    """Steps whose update the divergence guard skipped (training.divergence)."""
     last_checkpoint: Checkpoint | None = None

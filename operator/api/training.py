@@ -54,6 +54,24 @@ class Streaming(Model):
     first step."""
 
 
+class Divergence(Model):
+    """What the trainer does with a step whose loss or gradient norm goes bad: it skips the
+    update (weights and optimizer stay as they were; the data and the schedule move on), and
+    after maxSkips such steps in a row rolls back to its newest checkpoint and continues with
+    the data after the bad steps (docs/training.md, "Divergence")."""
+
+    spike_factor: float | None = Field(default=None, ge=1)
+    """Also skip a step whose loss is over this many times the mean of the last `window`
+    steps taken (for losses above zero: cross-entropy, reward, DPO). Unset: only a NaN or
+    infinite loss or gradient norm is skipped."""
+    window: int = Field(default=20, ge=1, le=10000)
+    max_skips: int = Field(default=5, ge=1)
+    """Steps skipped in a row that roll the run back to its newest checkpoint."""
+    max_rollbacks: int = Field(default=3, ge=0)
+    """Rollbacks after which the run fails, since it keeps diverging: lower the learning rate,
+    or look at the data the skipped steps read."""
+
+
 class CheckpointPolicy(Model):
     """Distributed checkpoints; a run resumes from the newest committed one by itself."""
 
@@ -96,6 +114,7 @@ class Training(Model):
     parallelism: Parallelism = Field(default_factory=Parallelism)
     data: Streaming = Field(default_factory=Streaming)
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    divergence: Divergence = Field(default_factory=Divergence)
     validation: Validation = Field(default_factory=Validation)
 
     rules = (

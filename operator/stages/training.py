@@ -7,8 +7,9 @@ import datetime
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from lmforge.operator.api import conditions
 from lmforge.operator.api.common import Artifact, Checkpoint, Lineage, TrainingStatus, timestamp
-from lmforge.operator.api.events import CHECKPOINT, RESUME, START, STEP, VALIDATION
+from lmforge.operator.api.events import CHECKPOINT, RESUME, ROLLBACK, START, STEP, VALIDATION
 from lmforge.operator.api.finetune import FineTune
 from lmforge.operator.api.jobs import (
     DpoConfig,
@@ -34,7 +35,7 @@ class TrainingStage(Stage):
             kind = event.get("event")
             if kind == STEP:
                 _position(status, event["step"], event.get("totalSteps"))
-                for field in ("loss", "tokens", "tokensPerSecond"):
+                for field in ("loss", "tokens", "tokensPerSecond", "skippedSteps"):
                     if event.get(field) is not None:
                         setattr(status, FIELDS[field], event[field])
             elif kind == VALIDATION and event.get("loss") is not None:
@@ -43,6 +44,9 @@ class TrainingStage(Stage):
                 _position(status, event.get("step", 0), event.get("totalSteps"))
             elif kind == CHECKPOINT:
                 _checkpoint(status, event)
+            elif kind == ROLLBACK:
+                _position(status, event["step"], None)
+                _rolled_back(status, event)
         _estimate(status, events)
 
     def _describe(self, job, reads: dict[str, Artifact], config: TrainConfig) -> Description:
@@ -53,7 +57,8 @@ class TrainingStage(Stage):
         return Description(config, lineage, MODULE, (resources.nodes, resources.processes_per_node))
 
 
-FIELDS = {"loss": "loss", "tokens": "tokens", "tokensPerSecond": "tokens_per_second"}
+FIELDS = {"loss": "loss", "tokens": "tokens", "tokensPerSecond": "tokens_per_second",
+          "skippedSteps": "skipped_steps"}  # fmt: skip
 
 
 def _position(status: TrainingStatus, step: int, total: int | None) -> None:
@@ -103,9 +108,23 @@ def _validation(status: TrainingStatus, event: dict[str, Any]) -> None:
         status.margin = round(event["margin"] - event["referenceMargin"], 6)
 
 
-def _checkpoint(status: TrainingStatus, event: dict[str, Any]) -> None:
+def _rolled_back(status: TrainingStatus, event: dict[str, Any]) -> None:
+    message = (
+        f"rolled back from step {event['fromStep']} to the checkpoint of step {event['step']}"
+        f" ({event['uri']}), rollback {event['rollbacks']}: steps skipped in a row, the last"
+        f" because {event['reason']}; the data goes on after the skipped steps"
+    )
+    status.set_condition(conditions.ROLLED_BACK, True, conditions.DIVERGED, message,
+                         _moment(event) or datetime.datetime.now(datetime.UTC))  # fmt: skip
+
+
+def _moment(event: dict[str, Any]) -> datetime.datetime | None:
     seconds = event.get("time")
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC) if seconds else None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC) if seconds else None
+
+
+def _checkpoint(status: TrainingStatus, event: dict[str, Any]) -> None:
+    moment = _moment(event)
     status.last_checkpoint = Checkpoint(
         step=event["step"], uri=event["uri"], time=timestamp(moment) if moment else None
     )
