@@ -1,7 +1,8 @@
 """`lmforge run`: each resource, in reference order, as processes on this machine.
 
 Each stage is described (operator/stages) as the operator describes it, and its job runs here
-as the pod would run it: the same module and config, torchrun standalone for training. Its events
+as the pod would run it: the same module and config; training as torchrun standalone, one
+replica of its torchx AppDef on torchx's local scheduler (docs/torchx.md). Its events
 become status the same way. A stage whose spec and inputs are unchanged since it succeeded is
 skipped; a changed one reruns from scratch with everything downstream of it; an interrupted
 training resumes from its newest checkpoint (the trainer does that by itself). Status is kept in
@@ -16,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,8 +210,8 @@ def complete(
     """Run a described job to its end with its config and log in `folder`, following its events
     into a bar and into `status` (then `save()`); every event. StageError when the job fails or
     its result fails the resource (an Evaluation's thresholds)."""
+    config = str(folder / "config.json")
     (folder / "config.json").write_text(description.config_json())
-    argv = command(description, str(folder / "config.json"), python=sys.executable)
     bar = progress.add_task(label, total=None, info="")
 
     def follow(events: list[dict[str, Any]]) -> None:
@@ -217,7 +219,18 @@ def complete(
         _show(progress, bar, events)
         save()
 
-    events = run_job(argv, folder / f"{stage.role}.log", _threads(description), follow)
+    log = folder / f"{stage.role}.log"
+    if description.ranks is None:
+        argv = command(description, config, python=sys.executable)
+        events = run_job(argv, log, follow)
+    else:  # training: torchrun, launched as torchx's local scheduler launches it
+        from lmforge.operator.stages.appdef import appdef  # the local extra: torchx
+
+        threads = {"OMP_NUM_THREADS": str(_threads(description))}
+        name = re.sub(r"[^a-z0-9-]", "-", label.lower())
+        app = appdef(description, config, name=name, role=stage.role, python=sys.executable,
+                     one_machine=True, env=threads)  # fmt: skip
+        events = run_app(app, log, follow)
     missed = stage.finish(status, events)
     progress.update(bar, completed=1, total=1, info=_summary(status))
     if missed is not None:
@@ -225,23 +238,21 @@ def complete(
     return events
 
 
-def _threads(description: Description) -> int | None:
-    """Threads per rank: the CPUs shared among one node's ranks."""
-    if description.ranks is None:
-        return None
-    return max(1, (os.cpu_count() or 1) // max(1, description.ranks[1]))
+def _threads(description: Description) -> int:
+    """Threads per rank: the CPUs shared among the ranks, which all run here."""
+    nodes, per_node = description.ranks
+    return max(1, (os.cpu_count() or 1) // (nodes * per_node))
 
 
-def run_job(argv: list[str], log: Path, threads: int | None, follow) -> list[dict[str, Any]]:
+def run_job(argv: list[str], log: Path, follow) -> list[dict[str, Any]]:
     """Run a job in its own session (a terminal's Ctrl-C reaches only us) with its output in
     `log`, calling `follow(new events)` as they come; every event, once it exited 0. On Ctrl-C,
-    SIGTERM it (a trainer checkpoints before it exits, and the next run resumes from there)."""
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    SIGTERM it and wait for it to stop."""
     events: list[dict[str, Any]] = []
     with open(log, "ab") as out:
         offset = out.tell()
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             while process.poll() is None:
@@ -258,6 +269,61 @@ def run_job(argv: list[str], log: Path, threads: int | None, follow) -> list[dic
         why = last_error(text) or " | ".join(text.strip().splitlines()[-3:])
         raise StageError(why, where=f"exit {process.returncode}; log: {log}")
     return events
+
+
+def run_app(app, log: Path, follow) -> list[dict[str, Any]]:
+    """Run a torchx AppDef of one replica with torchx's local scheduler, appending the lines of
+    its stdout and stderr (the files torchx writes them to) to `log` and calling
+    `follow(new events)` as they come; every event, once it succeeded. On Ctrl-C torchx
+    SIGTERMs the replica's process group (a trainer checkpoints before it exits) and SIGKILLs
+    torchrun if it is still there after 10 s."""
+    from torchx.schedulers import local_scheduler
+    from torchx.specs import AppState, is_terminal
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    scheduler = local_scheduler.create_scheduler("lmforge")
+    # It installs handlers of its own that turn Ctrl-C into another exception: keep ours.
+    signal.signal(signal.SIGINT, handlers[0])
+    signal.signal(signal.SIGTERM, handlers[1])
+    logs = log.parent / "torchx"
+    events: list[dict[str, Any]] = []
+    with open(log, "ab") as out:
+        offset = out.tell()
+        app_id = scheduler.submit(app, {"log_dir": str(logs)})
+        replica = logs / "lmforge" / app_id / app.roles[0].name / "0"
+        copied = {replica / "stdout.log": 0, replica / "stderr.log": 0}
+        try:
+            while not is_terminal(state := scheduler.describe(app_id).state):
+                _append(copied, out)
+                offset = _read(log, offset, events, follow)
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            scheduler.cancel(app_id)
+            raise
+        finally:
+            scheduler.close()
+            _append(copied, out, whole=True)
+            _read(log, offset, events, follow)
+    if state != AppState.SUCCEEDED:
+        text = log.read_text(errors="replace")
+        why = last_error(text) or " | ".join(text.strip().splitlines()[-3:])
+        raise StageError(why, where=f"torchx app {app_id} {state.name}; log: {log}")
+    return events
+
+
+def _append(copied: dict[Path, int], out, whole: bool = False) -> None:
+    """Append to `out` the complete lines (everything, when `whole`) each file gained since
+    the bytes `copied` of it, counting them."""
+    for source, done in copied.items():
+        if not source.exists():
+            continue
+        with source.open("rb") as stream:
+            stream.seek(done)
+            data = stream.read()
+        data = data if whole else data[: data.rfind(b"\n") + 1]
+        out.write(data)
+        copied[source] = done + len(data)
+    out.flush()
 
 
 def _read(log: Path, offset: int, events: list[dict[str, Any]], follow) -> int:

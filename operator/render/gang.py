@@ -39,14 +39,17 @@ from lmforge.operator.render.status import (
     retry_or_fail,
     run_state,
 )
-from lmforge.operator.stages.base import Rendezvous, SpecError, Stage, command
+from lmforge.operator.stages.base import (
+    RENDEZVOUS_PORT,
+    SHUTDOWN_MARGIN_SECONDS,
+    Rendezvous,
+    SpecError,
+    Stage,
+    command,
+)
 
 WORKER = "worker"
 RENDEZVOUS = "rendezvous"
-RENDEZVOUS_PORT = 29500
-SHUTDOWN_MARGIN_SECONDS = 15
-"""torchrun's workers get the grace period minus this to checkpoint; torchrun itself needs the
-rest to exit before the kubelet's SIGKILL."""
 CONTAINER = "trainer"
 SHARD_CACHE = "/var/cache/lmforge"
 

@@ -11,7 +11,7 @@ from lmforge.operator.api.common import PodResources
 from lmforge.operator.api.resource import Resource
 from lmforge.operator.render.names import Owner, labels, metadata
 from lmforge.operator.render.overlay import merge_pod_template
-from lmforge.operator.stages.base import Description, Store
+from lmforge.operator.stages.base import GRACE_SECONDS, JOB_IMAGE, Description, Store
 
 GangScheduler = Literal["auto", "none", "volcano", "coscheduling"]
 """Which PodGroup the pods of an attempt get (render/scheduling.py); Kueue needs none. auto:
@@ -28,14 +28,14 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.json"
 class Defaults:
     """What the installation decides (helm values, passed to the operator as environment)."""
 
-    image: str = "ghcr.io/lmforge/lmforge-trainer:0.1.0"
+    image: str = JOB_IMAGE
     """The job image (data, training, evaluation) when spec.resources.image is unset."""
     serve_image: str = "ghcr.io/lmforge/lmforge-serve:0.1.0"
     """The server image of Deployments when spec.resources.image is unset."""
     storage_uri: str | None = None
     storage_secret: str | None = None
     endpoint_url: str | None = None
-    termination_grace_seconds: int = 300
+    termination_grace_seconds: int = GRACE_SECONDS
     """Long enough for a worker to write a checkpoint after SIGTERM (preemption, drain)."""
     service_account: str | None = None
     otlp_endpoint: str | None = None

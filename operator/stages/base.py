@@ -54,6 +54,18 @@ def storage(spec: Storage, default: Store | None) -> Store:
     )
 
 
+JOB_IMAGE = "ghcr.io/lmforge/lmforge-trainer:0.1.0"
+"""The job image (data, training, evaluation) when neither spec.resources.image nor the
+installation sets one."""
+GRACE_SECONDS = 300
+"""How long a stopped job has to write a checkpoint (a pod's terminationGracePeriodSeconds)."""
+RENDEZVOUS_PORT = 29500
+"""Where a gang's nodes meet, on its first node (worker 0's pod, or torchx's first replica)."""
+SHUTDOWN_MARGIN_SECONDS = 15
+"""torchrun's workers get the grace period minus this to checkpoint; torchrun itself needs the
+rest to exit before the kubelet's SIGKILL."""
+
+
 class Rendezvous(NamedTuple):
     """Where the ranks of a multi-node gang meet, and this node's place in it."""
 
