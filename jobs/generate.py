@@ -40,7 +40,7 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -
     """The next token from one row of logits (vocab,)."""
     if sampling.temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / sampling.temperature
+    logits = logits.float().cpu() / sampling.temperature  # `generator` is a CPU generator
     if sampling.top_k:
         kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, -float("inf"))
@@ -82,8 +82,7 @@ def generate_batch(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     context = model.arch.context_length
-    cache = KVCache(model.arch, slots=len(prompts), dtype=dtype)
-    cache.k, cache.v = cache.k.to(device), cache.v.to(device)
+    cache = KVCache(model.arch, slots=len(prompts), dtype=dtype, device=device)
     last = []
     for slot, prompt in enumerate(prompts):  # prompts differ in length: one prefill each
         step = Step(cache, torch.tensor([slot], device=device), torch.tensor([0], device=device))

@@ -62,12 +62,17 @@ class KVCache:
     engine moves a sequence to another slot with `move`."""
 
     def __init__(
-        self, arch: Architecture, slots: int, length: int | None = None, dtype=torch.float32
+        self,
+        arch: Architecture,
+        slots: int,
+        length: int | None = None,
+        dtype=torch.float32,
+        device: torch.device | None = None,
     ):
         length = length or arch.context_length
         shape = (arch.layers, slots, arch.kv_heads, length, arch.d_model // arch.heads)
-        self.k = torch.zeros(shape, dtype=dtype)
-        self.v = torch.zeros(shape, dtype=dtype)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy the first `length` positions of slot `source` to slot `target`."""

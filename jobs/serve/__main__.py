@@ -32,6 +32,8 @@ def load(config: ServeConfig) -> tuple[Transformer, Tokenizer]:
         model = model.to(torch.bfloat16)
     if config.quantization == "int8":
         model = quantize_int8(model)
+    elif config.runtime == "native" and torch.cuda.is_available():  # int8 and onnx: CPU only
+        model = model.to("cuda", torch.bfloat16)  # a pod with a GPU serves on it, in bf16
     if config.runtime == "onnx":
         from lmforge.jobs.serve.onnx import OnnxModel, export
 

@@ -65,8 +65,9 @@ class Engine:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.context = model.arch.context_length
         self.eos = tokenizer.token_to_id(EOS)
-        dtype = next(model.parameters()).dtype
-        self.cache = KVCache(model.arch, slots, dtype=dtype)
+        weight = next(model.parameters())
+        self.device = weight.device  # a GPU when the pod has one (serve/__main__.load)
+        self.cache = KVCache(model.arch, slots, dtype=weight.dtype, device=self.device)
         self.slots = slots
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -121,16 +122,18 @@ class Engine:
 
     def _prefill(self, request: Request) -> None:
         request.slot = len(self.running)
-        step = Step(self.cache, torch.tensor([request.slot]), torch.tensor([0]))
-        logits = self.model(torch.tensor([request.prompt]), step=step)[0, -1]
+        slot, start = torch.tensor([request.slot]), torch.tensor([0])
+        step = Step(self.cache, slot.to(self.device), start.to(self.device))
+        logits = self.model(torch.tensor([request.prompt], device=self.device), step=step)[0, -1]
         self.running.append(request)
         self._advance(request, pick(logits, request.sampling, request.generator))
 
     def _decode(self) -> None:
         batch = list(self.running)
-        tokens = torch.tensor([[r.tokens[-1]] for r in batch])
-        slots = torch.tensor([r.slot for r in batch])
-        positions = torch.tensor([len(r.prompt) + len(r.tokens) - 1 for r in batch])
+        on = self.device
+        tokens = torch.tensor([[r.tokens[-1]] for r in batch], device=on)
+        slots = torch.tensor([r.slot for r in batch], device=on)
+        positions = torch.tensor([len(r.prompt) + len(r.tokens) - 1 for r in batch], device=on)
         logits = self.model(tokens, step=Step(self.cache, slots, positions))[:, -1]
         greedy = logits.argmax(-1).tolist()  # one call for the batch; sampled rows pick alone
         for request, row, best in zip(batch, logits, greedy, strict=True):

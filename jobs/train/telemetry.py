@@ -22,6 +22,8 @@ class Telemetry:
         "mfu": "mfu",
         "tokensPerSecond": "tokens_per_second",
         "stepSeconds": "step_seconds",
+        "peakMemoryMiB": "peak_memory_mib",
+        "gpuUtilization": "gpu_utilization",
     }
 
     def __init__(self, rank: int, job: str):

@@ -13,7 +13,9 @@ import math
 import os
 import random
 import re
+import resource
 import signal
+import sys
 import tempfile
 import time
 from typing import Any
@@ -171,6 +173,7 @@ class Trainer:
             tokensPerSecond=round(rate, 1),
             stepSeconds=round(seconds, 4),
             mfu=round(rate * self.flops_per_token / (peak * self.world), 4) if peak else None,
+            **_memory(self.device),
             **({"skipped": skipped} if skipped else {}),
             **({"skippedSteps": self.guard.skipped} if self.guard.skipped else {}),
         )
@@ -398,6 +401,18 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16":
         return torch.float16
     return torch.bfloat16  # auto and bf16
+
+
+def _memory(device: torch.device) -> dict[str, int]:
+    """This rank's peak memory so far in MiB (the CUDA allocator's on a GPU, the process's
+    resident set otherwise), and the GPU's utilization in percent where NVML tells it."""
+    if device.type != "cuda":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
+        return {"peakMemoryMiB": round(peak / (2**20 if sys.platform == "darwin" else 2**10))}
+    found = {"peakMemoryMiB": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+    with contextlib.suppress(Exception):  # without pynvml (NVML) torch cannot read it
+        found["gpuUtilization"] = torch.cuda.utilization(device)
+    return found
 
 
 def _peak_flops(device: torch.device) -> float | None:

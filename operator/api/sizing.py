@@ -77,13 +77,15 @@ class Gpu:
     """Total memory as the driver reports it."""
     bf16_tflops: float
     """Dense (no sparsity) bf16 tensor-core peak, from the vendor's data sheet."""
+    memory_tbps: float
+    """Memory bandwidth (TB/s), from the data sheet: what bounds decoding one sequence."""
 
 
 GPUS = {
-    "A100-40GB": Gpu(40.0, 312),
-    "A100-80GB": Gpu(80.0, 312),
-    "H100-80GB": Gpu(79.6, 989),  # SXM
-    "H200-141GB": Gpu(140.4, 989),
-    "L4": Gpu(22.5, 121),
-    "L40S": Gpu(45.0, 362),
+    "A100-40GB": Gpu(40.0, 312, 1.555),
+    "A100-80GB": Gpu(80.0, 312, 2.039),
+    "H100-80GB": Gpu(79.6, 989, 3.35),  # SXM
+    "H200-141GB": Gpu(140.4, 989, 4.8),
+    "L4": Gpu(22.5, 121, 0.3),
+    "L40S": Gpu(45.0, 362, 0.864),
 }

@@ -93,6 +93,21 @@ def test_fsdp_builds_only_each_ranks_shards_with_the_weights_of_an_unsharded_bui
     assert overhead < whole["grownMiB"] - whole["localParamMiB"] - whole["modelParamMiB"] / 4
 
 
+def test_the_gpu_benchmark_runs_its_path_on_the_cpu(root, tmp_path):
+    """benchmarks/gpu.py --dry: FSDP2, torch.compile, async checkpoints, export and decoding on
+    a tiny shape, so the script a GPU runs cannot rot; every figure it prints is measured."""
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu.py"), "--dry",
+                           "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    (row,) = json.loads(done.stdout.splitlines()[-1])["rows"]
+    assert row["tokensPerSecond"] > 0 and row["mfu"] is None  # no peak FLOP/s on a CPU
+    assert row["peakMiB"] > 100 and 0 < row["planMiB"] < row["peakMiB"]  # RSS includes torch
+    assert 0 < row["saveBlocksSeconds"] < 10
+    assert 0 < row["decodeTokensPerSecond"] < row["decodeCeiling"]
+    assert (tmp_path / "dry" / "model" / "model.safetensors").exists()
+
+
 def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):
     endpoint, bodies = otlp
     cfg = config(tmp_path, dataset, steps=3) | {"processesPerNode": 1}
