@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with open(args.config) as stream:
         config = read_train_config(stream.read())
+    os.environ.update(config.training.parallelism.nccl)  # over the pod's (the chart's jobs.nccl)
     if "RANK" not in os.environ:  # run directly, not under torchrun: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     backend = "nccl" if torch.cuda.is_available() else "gloo"

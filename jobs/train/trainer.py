@@ -217,8 +217,9 @@ class Trainer:
         except ValueError as error:
             raise ConfigError(str(error)) from error
         if step is None:
+            nccl = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
             self.telemetry.event(
-                events.START, step=0, totalSteps=self.shape.steps, worldSize=self.world
+                events.START, step=0, totalSteps=self.shape.steps, worldSize=self.world, nccl=nccl
             )
             return
         self.step = step

@@ -34,6 +34,17 @@ class Parallelism(Model):
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp replicates the model on every rank; fsdp (FSDP2) shards parameters and optimizer."""
+    nccl: dict[str, str] = Field(default_factory=dict, max_length=64)
+    """NCCL environment variables for every rank (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...), over
+    the installation's (the chart's jobs.nccl). Not for secrets: they are part of the spec."""
+
+    rules = (
+        Rule(
+            "self.nccl.all(k, k.matches('^NCCL_[A-Z0-9_]+$'))",
+            "every key of nccl is an NCCL environment variable (NCCL_ and capitals, digits, _)",
+            ".nccl",
+        ),
+    )
 
 
 SHARD_CACHE_ENV = "LMFORGE_SHARD_CACHE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import get_args
@@ -31,6 +32,18 @@ def _choice(name: str, default: str, choices: object) -> str:
     if value not in allowed:
         raise ValueError(f"environment {name}={value!r}: expected one of {', '.join(allowed)}")
     return value
+
+
+def _nccl(name: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of NCCL_* variables (the chart's jobs.nccl), in key order."""
+    text = os.environ.get(name) or "{}"
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"environment {name}: not JSON ({error})") from error
+    if not isinstance(found, dict) or not all(str(k).startswith("NCCL_") for k in found):
+        raise ValueError(f"environment {name}={text!r}: expected an object of NCCL_* variables")
+    return tuple(sorted((str(k), str(v)) for k, v in found.items()))
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class Settings:
             ),
             scheduler_name=env("LMFORGE_SCHEDULER_NAME") or None,
             ray_clusters=_choice("LMFORGE_RAY_CLUSTERS", Defaults.ray_clusters, RayClusters),
+            nccl=_nccl("LMFORGE_JOB_NCCL"),
         )
         return cls(
             defaults=defaults,

@@ -113,6 +113,7 @@ class Gang:
             f"{r.owner.name}-{attempt}",
         )
         trainer = r.container(CONTAINER, command(r.description, CONFIG_FILE, rendezvous=meeting))
+        trainer["env"] += [{"name": k, "value": v} for k, v in r.defaults.nccl]
         trainer["ports"] = [{"name": RENDEZVOUS, "containerPort": RENDEZVOUS_PORT}]
         if r.resources.min_nodes:
             # torch's shared rendezvous store publishes its address in the first round only, so

@@ -44,6 +44,9 @@ class Defaults:
     scheduler_name: str | None = None
     """The pods' schedulerName with a gang scheduler, if not its usual one."""
     ray_clusters: RayClusters = "auto"
+    nccl: tuple[tuple[str, str], ...] = ()
+    """NCCL environment variables for training pods (the chart's jobs.nccl); a spec's
+    training.parallelism.nccl wins over them (the trainer sets its own before it starts)."""
 
     @property
     def store(self) -> Store:

@@ -144,3 +144,17 @@ def test_metrics_service_and_service_monitor():
     assert monitor["spec"]["endpoints"] == [
         {"port": "metrics", "path": "/metrics", "interval": "30s"}
     ]
+
+
+def test_jobs_nccl_reaches_the_operator_as_json(monkeypatch):
+    from lmforge.operator.handlers.settings import Settings
+
+    documents = template("jobs.nccl.NCCL_SOCKET_IFNAME=eth0", "jobs.nccl.NCCL_IB_DISABLE=1")
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    monkeypatch.setenv("LMFORGE_JOB_NCCL", env["LMFORGE_JOB_NCCL"])
+    nccl = Settings.from_env().defaults.nccl
+    assert nccl == (("NCCL_IB_DISABLE", "1"), ("NCCL_SOCKET_IFNAME", "eth0"))
+    (default,) = [d for d in template() if d["kind"] == "Deployment"]
+    env = default["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "LMFORGE_JOB_NCCL", "value": "{}"} in env

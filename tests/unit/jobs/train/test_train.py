@@ -108,6 +108,17 @@ def test_the_gpu_benchmark_runs_its_path_on_the_cpu(root, tmp_path):
     assert (tmp_path / "dry" / "model" / "model.safetensors").exists()
 
 
+def test_the_specs_nccl_settings_go_over_the_pods(tmp_path, dataset, monkeypatch):
+    """The chart's jobs.nccl reach a pod as environment; the spec's win, key by key."""
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    parallelism = {"strategy": "ddp", "nccl": {"NCCL_DEBUG": "WARN"}}
+    result = train(tmp_path, config(tmp_path, dataset, steps=1, parallelism=parallelism))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (start,) = events(tmp_path, "start")
+    assert start["nccl"] == {"NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "lo"}
+
+
 def test_metrics_reach_an_otlp_endpoint(tmp_path, dataset, otlp):
     endpoint, bodies = otlp
     cfg = config(tmp_path, dataset, steps=3) | {"processesPerNode": 1}

@@ -536,6 +536,19 @@ def test_no_secret_no_env_from(render, resource):
     assert "envFrom" not in gang.pods[0]["spec"]["containers"][0]
 
 
+def test_the_charts_nccl_settings_reach_every_worker(render, resource, monkeypatch):
+    from lmforge.operator.handlers.settings import Settings
+
+    monkeypatch.setenv("LMFORGE_JOB_NCCL", '{"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN"}')
+    gang = render(resource(resources={"nodes": 2}), defaults=Settings.from_env().defaults)
+    for pod in gang.pods:
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["NCCL_SOCKET_IFNAME"] == "eth0" and env["NCCL_DEBUG"] == "WARN"
+    monkeypatch.setenv("LMFORGE_JOB_NCCL", '{"SOCKET_IFNAME": "eth0"}')
+    with pytest.raises(ValueError, match=r"LMFORGE_JOB_NCCL=.*an object of NCCL_"):
+        Settings.from_env()
+
+
 @pytest.mark.parametrize(
     "traceparent", [None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
 )
