@@ -268,9 +268,11 @@ class Grpo(FineTuning):
     config: GrpoConfig
 
     def check(self) -> None:
-        if self.config.training.parallelism.strategy == "fsdp":
+        parallelism = self.config.training.parallelism
+        if parallelism.sharded:
             raise ConfigError(
-                "method grpo: training.parallelism.strategy fsdp is not supported yet; use ddp"
+                f"method grpo: training.parallelism.strategy {parallelism.strategy} is not"
+                " supported yet; use ddp"
             )
 
     def rows(self, tokenizer: Tokenizer, length: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -58,6 +59,8 @@ class Trainer:
         self.arch = self.shape.architecture
         self.dtype = _autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)  # every rank draws the same initial weights
+        self.mesh = None
+        """hsdp's 2D device mesh (replicate, shard), set by _build."""
         self.model = self._build()
         self.objective = r.objective(self.device)
         self.data = r.train
@@ -219,8 +222,9 @@ class Trainer:
         if step is None:
             nccl = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
             self.telemetry.event(
-                events.START, step=0, totalSteps=self.shape.steps, worldSize=self.world, nccl=nccl
-            )
+                events.START, step=0, totalSteps=self.shape.steps, worldSize=self.world,
+                nccl=nccl, **({"mesh": list(self.mesh.shape)} if self.mesh else {}),
+            )  # fmt: skip
             return
         self.step = step
         uri = self.checkpointer.step_uri(step)
@@ -295,7 +299,7 @@ class Trainer:
         """The model, parallelized. Under FSDP a model whose starting weights are drawn is
         created on the meta device, sharded, then materialized: a rank allocates its shards and
         never the whole model, and the weights are those an unsharded build draws."""
-        if self.config.training.parallelism.strategy != "fsdp" or not self.recipe.drawn:
+        if not self.config.training.parallelism.sharded or not self.recipe.drawn:
             return self._parallelize(self.recipe.model(self.arch).to(self.device))
         with torch.device("meta"):
             model = self.recipe.model(self.arch)
@@ -316,18 +320,28 @@ class Trainer:
         if t.compile:
             for block in model.model.layers:
                 block.compile()
-        if t.parallelism.strategy == "fsdp":
+        if t.parallelism.sharded:
             policy = MixedPrecisionPolicy(
                 param_dtype=self.dtype or torch.float32, reduce_dtype=torch.float32
             )
+            self.mesh = mesh = self._mesh()
             for block in model.model.layers:
-                fully_shard(block, mp_policy=policy)
-            return fully_shard(model, mp_policy=policy)
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            return fully_shard(model, mesh=mesh, mp_policy=policy)
         if self.world == 1:  # nothing to synchronise: DDP would only add overhead
             return model
         return DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
+
+    def _mesh(self):
+        """hsdp: nodes x processes per node, replicated across the first dimension and sharded
+        along the second; fsdp: None, every rank in one dimension."""
+        if self.config.training.parallelism.strategy != "hsdp":
+            return None
+        per_node = self.config.processes_per_node
+        shape = (self.world // per_node, per_node)  # an elastic gang: the nodes present
+        return init_device_mesh(self.device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def _sync_gradients(self, sync: bool):
         """Reduce gradients only on the last micro-batch of a step."""
@@ -338,7 +352,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _autocast(self):
-        fsdp_handles_it = self.config.training.parallelism.strategy == "fsdp"
+        fsdp_handles_it = self.config.training.parallelism.sharded
         if self.dtype is None or fsdp_handles_it:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)

@@ -78,13 +78,16 @@ class TrainConfig(Model):
                 f"world size {world_size} does not match resources.nodes ({self.nodes}) x"
                 f" resources.processesPerNode ({self.processes_per_node}){elastic}"
             )
-        if self.lora and t.parallelism.strategy == "fsdp":
+        strategy = t.parallelism.strategy
+        if self.lora and t.parallelism.sharded:
             raise ConfigError(
-                "lora: not supported with training.parallelism.strategy fsdp yet; "
+                f"lora: not supported with training.parallelism.strategy {strategy} yet; "
                 "use ddp (the adapters are small)"
             )
-        if t.precision == "fp16" and t.parallelism.strategy == "fsdp":
-            raise ConfigError("training.precision: fp16 is not supported with fsdp; use bf16")
+        if t.precision == "fp16" and t.parallelism.sharded:
+            raise ConfigError(
+                f"training.precision: fp16 is not supported with {strategy}; use bf16"
+            )
         arch = _shape(architecture, sequence_length, vocab_size)
         if t.global_batch_tokens % sequence_length:
             raise ConfigError(

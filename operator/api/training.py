@@ -32,11 +32,18 @@ class Schedule(Model):
 class Parallelism(Model):
     """How ranks share the model. The number of ranks is resources.nodes * processesPerNode."""
 
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    """ddp replicates the model on every rank; fsdp (FSDP2) shards parameters and optimizer."""
+    strategy: Literal["ddp", "fsdp", "hsdp"] = "ddp"
+    """ddp replicates the model on every rank; fsdp (FSDP2) shards parameters and optimizer
+    over all ranks; hsdp shards them within a node and replicates the shards across nodes
+    (gradients are reduced within the node, then across, over a 2D device mesh)."""
     nccl: dict[str, str] = Field(default_factory=dict, max_length=64)
     """NCCL environment variables for every rank (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...), over
     the installation's (the chart's jobs.nccl). Not for secrets: they are part of the spec."""
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2, over all ranks or within each node."""
+        return self.strategy in ("fsdp", "hsdp")
 
     rules = (
         Rule(
@@ -147,6 +154,14 @@ class TrainingWorkload(Workload):
             " || self.resources.nodes * self.resources.processesPerNode > 1",
             "fsdp shards the model over ranks and needs more than one: raise resources.nodes or"
             " resources.processesPerNode, or use strategy ddp",
+            ".training.parallelism.strategy",
+        ),
+        Rule(
+            "self.training.parallelism.strategy != 'hsdp'"
+            " || (self.resources.nodes > 1 && self.resources.processesPerNode > 1)",
+            "hsdp shards within a node and replicates across nodes: it needs resources.nodes and"
+            " resources.processesPerNode above 1 (use fsdp on one node, ddp with one process"
+            " per node)",
             ".training.parallelism.strategy",
         ),
     )

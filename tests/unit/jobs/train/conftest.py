@@ -120,16 +120,16 @@ def train(
     )
 
 
-def killed_and_resumed_equals_straight(tmp: Path, config) -> None:
+def killed_and_resumed_equals_straight(tmp: Path, config, nproc: int = 2) -> None:
     """`config(folder)` run straight in one folder, and in another SIGKILLed at a random step
     (checkpoints every 5) then resumed: the same loss at every step, the same exported tensors."""
     from safetensors.torch import load_file
 
     straight, broken = tmp / "straight", tmp / "broken"
-    assert train(straight, config(straight)).returncode == 0
+    assert train(straight, config(straight), nproc=nproc).returncode == 0
     stop = random.Random().randint(6, 9)
-    assert train(broken, config(broken), stop_at=stop).returncode != 0
-    assert train(broken, config(broken)).returncode == 0
+    assert train(broken, config(broken), stop_at=stop, nproc=nproc).returncode != 0
+    assert train(broken, config(broken), nproc=nproc).returncode == 0
     (resumed,) = [e["step"] for e in events(broken, "resume")]
     assert resumed in range(5, stop + 1)
     final = {e["step"]: e["loss"] for e in events(broken, "step")}

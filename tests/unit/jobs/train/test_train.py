@@ -108,6 +108,26 @@ def test_the_gpu_benchmark_runs_its_path_on_the_cpu(root, tmp_path):
     assert (tmp_path / "dry" / "model" / "model.safetensors").exists()
 
 
+def test_hsdp_over_two_nodes_of_two_trains_as_ddp_does_and_resumes_exactly(tmp_path, dataset):
+    """4 ranks as 2 nodes x 2 processes: each node shards the model, the nodes replicate it.
+    The same steps as DDP on the same ranks (up to the order of float sums); killed at a random
+    step and resumed, bit for bit the uninterrupted run."""
+    from .conftest import killed_and_resumed_equals_straight
+
+    def run(folder, strategy):
+        cfg = config(folder, dataset, strategy, steps=10, checkpoint={"everySteps": 5})
+        cfg |= {"nodes": 2, "processesPerNode": 2}
+        return cfg
+
+    ddp = tmp_path / "ddp"
+    assert train(ddp, run(ddp, "ddp"), nproc=4).returncode == 0
+    killed_and_resumed_equals_straight(tmp_path / "hsdp", lambda f: run(f, "hsdp"), nproc=4)
+    assert events(tmp_path / "hsdp" / "straight", "start")[0]["mesh"] == [2, 2]
+    expected = [e["loss"] for e in events(ddp, "step")]
+    got = {e["step"]: e["loss"] for e in events(tmp_path / "hsdp" / "straight", "step")}
+    assert [got[s] for s in range(1, 11)] == pytest.approx(expected, rel=1e-4)
+
+
 def test_the_specs_nccl_settings_go_over_the_pods(tmp_path, dataset, monkeypatch):
     """The chart's jobs.nccl reach a pod as environment; the spec's win, key by key."""
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "lo")
