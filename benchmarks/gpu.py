@@ -84,7 +84,7 @@ def train(out: Path, arch: dict, data: str, steps: int, micro: int, length: int)
 def planned_bytes(arch: Architecture, length: int, micro: int) -> float:
     """`lmforge plan`'s FSDP estimate (no activation checkpointing) for this GPU, one of it."""
     name = torch.cuda.get_device_name() if CUDA else "cpu"
-    gpu = next((g for k, g in sizing.GPUS.items() if k.split("-")[0] in name), None)
+    gpu = sizing.gpu_named(name)
     hardware = plan.Hardware(name, gpu.memory_gib if gpu else 0, gpu.bf16_tflops if gpu else 0,
                              1, 1, "nvlink")  # fmt: skip
     estimates = plan.memory_estimates(arch, hardware, length, micro)
@@ -112,11 +112,9 @@ def decode(model_uri: str, tokens: int) -> tuple[float, float, float]:
 
 def bandwidth() -> float:
     """Bytes/s: the data sheet's on a known GPU; else a measured copy (read + write)."""
-    if CUDA:
-        name = torch.cuda.get_device_name()
-        for key, gpu in sizing.GPUS.items():
-            if key.split("-")[0] in name:
-                return gpu.memory_tbps * 1e12
+    gpu = sizing.gpu_named(torch.cuda.get_device_name()) if CUDA else None
+    if gpu:
+        return gpu.memory_tbps * 1e12
     source = torch.empty(2**26, dtype=torch.float32, device="cuda" if CUDA else "cpu")
     target = torch.empty_like(source)
     target.copy_(source)

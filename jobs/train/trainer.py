@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import re
 import resource
 import signal
 import sys
@@ -85,6 +84,7 @@ class Trainer:
         self.telemetry = Telemetry(self.rank, config.name)
         self.step, self.stop_requested = 0, False
         self.flops_per_token = sizing.training_flops_per_token(self.arch, r.sequence_length)
+        self.peak_flops = _peak_flops(self.device)
 
     def train(self) -> int:
         """Run to the last step (Exit.DONE), or checkpoint and stop on SIGTERM (PREEMPTED)."""
@@ -164,7 +164,7 @@ class Trainer:
     ) -> None:
         tokens = self.config.training.global_batch_tokens
         rate = tokens / seconds
-        peak = _peak_flops(self.device)
+        peak = self.peak_flops
         self.telemetry.event(
             events.STEP,
             step=self.step,
@@ -434,12 +434,9 @@ def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak FLOP/s of this device, for MFU; LMFORGE_PEAK_FLOPS overrides it."""
     if os.environ.get("LMFORGE_PEAK_FLOPS"):
         return float(os.environ["LMFORGE_PEAK_FLOPS"])
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        # "NVIDIA H100 80GB HBM3" -> H100-80GB; LMFORGE_PEAK_FLOPS covers the GPUs not listed.
-        model = (k for k in sizing.GPUS if re.search(rf"\b{k.split('-')[0]}\b", name))
-        peaks = (sizing.GPUS[k].bf16_tflops for k in model)
-        return next((p * 1e12 for p in peaks), None)
+    if device.type == "cuda":  # LMFORGE_PEAK_FLOPS covers the GPUs not listed
+        gpu = sizing.gpu_named(torch.cuda.get_device_name(device))
+        return gpu.bf16_tflops * 1e12 if gpu else None
     return None
 
 

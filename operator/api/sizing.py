@@ -6,6 +6,7 @@ model in jobs/model.py: a test builds every preset and compares.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from math import prod
 
@@ -89,3 +90,10 @@ GPUS = {
     "L4": Gpu(22.5, 121, 0.3),
     "L40S": Gpu(45.0, 362, 0.864),
 }
+
+
+def gpu_named(device_name: str) -> Gpu | None:
+    """The GPU of a device name as the driver gives it ("NVIDIA H100 80GB HBM3" -> H100-80GB),
+    the first listed of its model; None for one not listed."""
+    found = (g for k, g in GPUS.items() if re.search(rf"\b{k.split('-')[0]}\b", device_name))
+    return next(found, None)

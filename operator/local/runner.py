@@ -210,8 +210,8 @@ def complete(
     """Run a described job to its end with its config and log in `folder`, following its events
     into a bar and into `status` (then `save()`); every event. StageError when the job fails or
     its result fails the resource (an Evaluation's thresholds)."""
-    config = str(folder / "config.json")
-    (folder / "config.json").write_text(description.config_json())
+    config = folder / "config.json"
+    config.write_text(description.config_json())
     bar = progress.add_task(label, total=None, info="")
 
     def follow(events: list[dict[str, Any]]) -> None:
@@ -221,14 +221,14 @@ def complete(
 
     log = folder / f"{stage.role}.log"
     if description.ranks is None:
-        argv = command(description, config, python=sys.executable)
+        argv = command(description, str(config), python=sys.executable)
         events = run_job(argv, log, follow)
     else:  # training: torchrun, launched as torchx's local scheduler launches it
         from lmforge.operator.stages.appdef import appdef  # the local extra: torchx
 
         threads = {"OMP_NUM_THREADS": str(_threads(description))}
         name = re.sub(r"[^a-z0-9-]", "-", label.lower())
-        app = appdef(description, config, name=name, role=stage.role, python=sys.executable,
+        app = appdef(description, str(config), name=name, role=stage.role, python=sys.executable,
                      one_machine=True, env=threads)  # fmt: skip
         events = run_app(app, log, follow)
     missed = stage.finish(status, events)
@@ -265,9 +265,7 @@ def run_job(argv: list[str], log: Path, follow) -> list[dict[str, Any]]:
             _read(log, offset, events, follow)
             raise
     if process.returncode != 0:
-        text = log.read_text(errors="replace")
-        why = last_error(text) or " | ".join(text.strip().splitlines()[-3:])
-        raise StageError(why, where=f"exit {process.returncode}; log: {log}")
+        raise _failed(log, f"exit {process.returncode}")
     return events
 
 
@@ -305,10 +303,15 @@ def run_app(app, log: Path, follow) -> list[dict[str, Any]]:
             _append(copied, out, whole=True)
             _read(log, offset, events, follow)
     if state != AppState.SUCCEEDED:
-        text = log.read_text(errors="replace")
-        why = last_error(text) or " | ".join(text.strip().splitlines()[-3:])
-        raise StageError(why, where=f"torchx app {app_id} {state.name}; log: {log}")
+        raise _failed(log, f"torchx app {app_id} {state.name}")
     return events
+
+
+def _failed(log: Path, how: str) -> StageError:
+    """A failed job's error: its last error line, else the last lines of its log."""
+    text = log.read_text(errors="replace")
+    why = last_error(text) or " | ".join(text.strip().splitlines()[-3:])
+    return StageError(why, where=f"{how}; log: {log}")
 
 
 def _append(copied: dict[Path, int], out, whole: bool = False) -> None:
