@@ -8,10 +8,10 @@ a local path or any fsspec URI (s3://, gs://, memory://).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_bytes
 from safetensors.torch import save
 
 from lmforge.jobs.storage import filesystem, join, write_atomic
@@ -51,7 +51,7 @@ def export(
     _check_tying(tensors, arch)
     if arch.tied_embeddings:
         tensors.pop("lm_head.weight", None)
-    check_tensors(tensors, arch, "state dict")
+    check_shapes({k: tuple(v.shape) for k, v in tensors.items()}, arch, "state dict")
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     config = llama_config(arch, dtype)
     if SCORE in tensors:  # a reward model (jobs/model.Scorer)
@@ -117,30 +117,88 @@ def llama_config(arch: Architecture, dtype: str = "float32") -> dict:
     }
 
 
+class Checkpoint:
+    """A checkpoint directory opened without reading its weights: its Architecture, and where
+    each tensor lies in its safetensors files (model.safetensors, or the shards that
+    model.safetensors.index.json lists).
+
+    A safetensors file is an 8-byte header length, a JSON header giving each tensor's dtype,
+    shape and byte range, then the tensors row-major. So any range of a tensor's first dimension
+    is one byte range of the file, and `read` fetches just that: a rank that holds an FSDP shard
+    reads its own rows from object storage and nothing else. (safetensors' own reader opens only
+    local files, which would mean copying the whole model to every node first.)
+
+    A reward model (LlamaForSequenceClassification) has `score.weight` and no lm_head; with tied
+    embeddings the names leave out lm_head.weight, whose rows are the embedding's.
+    """
+
+    def __init__(self, uri: str | Path, endpoint_url: str | None = None):
+        self.uri = uri = str(uri).rstrip("/")
+        self.fs, root = filesystem(uri, endpoint_url)
+        config = _read_json(self.fs, root, CONFIG)
+        if config is None:
+            raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
+        self.architecture = arch = architecture_from_config(config, f"{uri}/{CONFIG}")
+        self.where = where = f"{uri}/{WEIGHTS}"
+        self.tensors: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}
+        """name -> (path, dtype, shape, offset of its first byte)"""
+        index = _read_json(self.fs, root, INDEX)
+        files = [WEIGHTS]
+        if index is not None:
+            self.where = where = f"{uri}/{INDEX}"
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            files = sorted(set((weight_map or {}).values()))
+            if not files:
+                raise ValueError(f"{where}: weight_map is missing or empty")
+        for name in files:
+            self.tensors |= _header(self.fs, join(root, name), f"{uri}/{name}")
+        if arch.tied_embeddings or SCORE in self.tensors:
+            self.tensors.pop("lm_head.weight", None)  # some exporters write the tied copy
+        check_shapes({k: shape for k, (_, _, shape, _) in self.tensors.items()}, arch, where)
+
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor `name`, or rows [start, stop) of its first dimension."""
+        return self._fetch([(name, rows)])[0]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor, for Transformer or Scorer with strict=True: a tied lm_head.weight is
+        the embedding tensor itself."""
+        names = list(self.tensors)
+        state = dict(zip(names, self._fetch([(name, None) for name in names]), strict=True))
+        if self.architecture.tied_embeddings and SCORE not in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return state
+
+    def _fetch(self, wanted: list[tuple[str, tuple[int, int] | None]]) -> list[torch.Tensor]:
+        """The tensors (or rows) asked for, as byte ranges fetched together (concurrently on
+        object storage)."""
+        paths, starts, ends, shapes, dtypes = [], [], [], [], []
+        for name, rows in wanted:
+            if name == "lm_head.weight" and name not in self.tensors:
+                name = "model.embed_tokens.weight"  # tied
+            path, dtype, shape, offset = self.tensors[name]
+            start, stop = rows or (0, shape[0])
+            row = math.prod(shape[1:]) * dtype.itemsize
+            paths.append(path)
+            starts.append(offset + start * row)
+            ends.append(offset + stop * row)
+            shapes.append((stop - start, *shape[1:]))
+            dtypes.append(dtype)
+        data = self.fs.cat_ranges(paths, starts, ends)
+        return [
+            torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+            if raw
+            else torch.empty(shape, dtype=dtype)
+            for raw, shape, dtype in zip(data, shapes, dtypes, strict=True)
+        ]
+
+
 def load(
     uri: str | Path, endpoint_url: str | None = None
 ) -> tuple[Architecture, dict[str, torch.Tensor]]:
-    """Read a Llama checkpoint directory: its Architecture and a state dict for Transformer
-    (LlamaForCausalLM), or for Scorer (LlamaForSequenceClassification: `score.weight` and no
-    lm_head).
-
-    Reads model.safetensors, or the shards a model.safetensors.index.json lists. With tied
-    embeddings the state dict has lm_head.weight as the same tensor as the embedding, so
-    `Transformer(arch).load_state_dict(state)` works with strict=True.
-    """
-    uri = str(uri).rstrip("/")
-    fs, root = filesystem(uri, endpoint_url)
-    config = _read_json(fs, root, CONFIG)
-    if config is None:
-        raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
-    arch = architecture_from_config(config, f"{uri}/{CONFIG}")
-    tensors, where = _read_weights(fs, root, uri)
-    if arch.tied_embeddings or SCORE in tensors:
-        tensors.pop("lm_head.weight", None)  # some exporters write the tied copy; it is ignored
-    check_tensors(tensors, arch, where)
-    if arch.tied_embeddings and SCORE not in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    return arch, tensors
+    """A checkpoint directory's Architecture and every tensor (Checkpoint.state_dict)."""
+    checkpoint = Checkpoint(uri, endpoint_url)
+    return checkpoint.architecture, checkpoint.state_dict()
 
 
 def architecture_from_config(config: dict, where: str) -> Architecture:
@@ -183,22 +241,22 @@ def architecture_from_config(config: dict, where: str) -> Architecture:
         raise ValueError(f"{where}: the shape it describes is not valid here: {e}") from e
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], arch: Architecture, where: str) -> None:
+def check_shapes(shapes: dict[str, tuple[int, ...]], arch: Architecture, where: str) -> None:
     """Every parameter present with the shape arch implies, and nothing else; a reward model
     has the score head instead of lm_head."""
     expected = parameter_shapes(arch)
-    if SCORE in tensors:
+    if SCORE in shapes:
         expected.pop("lm_head.weight", None)
         expected[SCORE] = (1, arch.d_model)
     for name, shape in expected.items():
-        if name not in tensors:
+        if name not in shapes:
             raise ValueError(f"{where}: tensor {name} is missing")
-        if tuple(tensors[name].shape) != shape:
+        if tuple(shapes[name]) != shape:
             raise ValueError(
-                f"{where}: tensor {name} has shape {tuple(tensors[name].shape)}, but the config"
+                f"{where}: tensor {name} has shape {tuple(shapes[name])}, but the config"
                 f" implies {shape}"
             )
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = sorted(set(shapes) - set(expected))
     if unexpected:
         raise ValueError(f"{where}: unexpected tensors {', '.join(unexpected[:5])}")
 
@@ -228,23 +286,32 @@ def _rope_type(config: dict) -> str:
     return rope.get("rope_type", rope.get("type", "default"))
 
 
-def _read_weights(fs, root: str, uri: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The tensors of model.safetensors or of every shard its index lists, and where from."""
-    index = _read_json(fs, root, INDEX)
-    if index is not None:
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        shards = sorted(set((weight_map or {}).values()))
-        if not shards:
-            raise ValueError(f"{uri}/{INDEX}: weight_map is missing or empty")
-    else:
-        shards = [WEIGHTS]
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+          "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}  # fmt: skip
+"""The safetensors dtypes a checkpoint's tensors may have."""
+
+
+def _header(fs, path: str, where: str) -> dict[str, tuple[str, torch.dtype, tuple[int, ...], int]]:
+    """Each tensor of a safetensors file: (path, dtype, shape, offset of its first byte)."""
+    if not fs.exists(path):
+        raise ValueError(f"{where}: weights not found; export them as safetensors")
+    with fs.open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(length)) if 2 <= length <= 100 << 20 else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: not a safetensors file (its header does not parse)")
+    header.pop("__metadata__", None)
     tensors = {}
-    for shard in shards:
-        data = _read(fs, root, shard)
-        if data is None:
-            raise ValueError(f"{uri}/{shard}: weights not found; export them as safetensors")
-        tensors |= load_bytes(data)
-    return tensors, f"{uri}/{INDEX if index is not None else WEIGHTS}"
+    for name, entry in header.items():
+        if entry.get("dtype") not in DTYPES:
+            raise ValueError(f"{where}: tensor {name} has dtype {entry.get('dtype')!r}, not one of"
+                             f" {', '.join(DTYPES)}")  # fmt: skip
+        tensors[name] = (path, DTYPES[entry["dtype"]], tuple(entry["shape"]),
+                         8 + length + entry["data_offsets"][0])  # fmt: skip
+    return tensors
 
 
 def _read(fs, root: str, name: str) -> bytes | None:

@@ -185,9 +185,8 @@ class Transformer(nn.Module):
                     norm=RMSNorm(arch.d_model, arch.norm_eps),
                 )
             )
-            self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
-            if arch.tied_embeddings:
-                self.lm_head.weight = self.model.embed_tokens.weight
+            self.head()
+            self.tie()
             # Derived from the shape, so not saved in checkpoints (persistent=False).
             self.register_buffer("rope_cos", torch.empty(0), persistent=False)
             self.register_buffer("rope_sin", torch.empty(0), persistent=False)
@@ -195,11 +194,19 @@ class Transformer(nn.Module):
             self.to_empty(device=device)
             self.init_weights()
 
+    def head(self) -> None:
+        """The layer that reads the final hidden states: the language-model head."""
+        self.lm_head = nn.Linear(self.arch.d_model, self.arch.vocab_size, bias=False)
+
+    def tie(self) -> None:
+        """With tied embeddings, the head's weight is the embedding's."""
+        if self.arch.tied_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
     def to_empty(self, *, device, recurse: bool = True):
         """Storage on `device`, uninitialized; a tied head still shares the embedding's."""
         super().to_empty(device=device, recurse=recurse)
-        if self.arch.tied_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie()
         return self
 
     @torch.no_grad()
@@ -271,11 +278,11 @@ class Scorer(Transformer):
     a scalar score. Hugging Face's LlamaForSequenceClassification with one label has this shape
     and these names (`score.weight`), reading the last token that is not padding."""
 
-    def __init__(self, arch: Architecture):
-        super().__init__(arch)
-        del self.lm_head
+    def head(self) -> None:
         self.score = nn.Linear(self.arch.d_model, 1, bias=False)
-        nn.init.normal_(self.score.weight, std=INIT_STD)
+
+    def tie(self) -> None:
+        """The score head reads the hidden states; nothing shares the embedding."""
 
     def forward(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """(batch,) scores, each read at position `last[b]` of row b."""

@@ -7,11 +7,15 @@ the one place a config's method is looked at.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    _CHECKPOINT_PREFIX as CHECKPOINT_PREFIX,
+)
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from lmforge.jobs import hf
 from lmforge.jobs.data.reader import ArrayReader, Sequences, ShardReader
@@ -41,9 +45,6 @@ class Recipe:
     sequence_length: int
     vocab_size: int
     train: Sequences
-    drawn: ClassVar[bool] = False
-    """The model's starting weights are drawn by its init_weights(), not loaded: FSDP builds it
-    on the meta device and draws each rank's shards."""
 
     def __init__(self, config: TrainConfig, rank: int, world: int):
         self.config, self.rank, self.world = config, rank, world
@@ -52,9 +53,15 @@ class Recipe:
         """The held-out rows; ValueError when there are too few to validate on."""
         raise NotImplementedError
 
-    def model(self, arch: Architecture) -> torch.nn.Module:
-        """The model to train, with its starting weights (draws from torch's seeded RNG)."""
-        raise NotImplementedError
+    def network(self, arch: Architecture) -> torch.nn.Module:
+        """The model to train, its weights drawn from torch's seeded RNG (none under
+        torch.device("meta"): FSDP builds it there, shards it, and draws each rank's part)."""
+        return Transformer(arch)
+
+    def start(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model with its starting weights (the drawn ones, or a base model's), in place
+        under FSDP, whose parameters hold this rank's rows."""
+        return model
 
     def objective(self, device: torch.device):
         """What a step minimises (jobs/train/objectives.py)."""
@@ -95,7 +102,6 @@ class Pretraining(Recipe):
     """Next-token prediction on a Dataset's packed sequences, from random weights."""
 
     config: PretrainConfig
-    drawn = True
 
     def __init__(self, config: PretrainConfig, rank: int, world: int):
         super().__init__(config, rank, world)
@@ -124,9 +130,6 @@ class Pretraining(Recipe):
         self.held_out.epoch = self.held_out.position = 0
         return self.held_out
 
-    def model(self, arch: Architecture) -> torch.nn.Module:
-        return Transformer(arch)
-
     def objective(self, device: torch.device):
         return objectives.LanguageModel()
 
@@ -147,7 +150,8 @@ class FineTuning(Recipe):
     def __init__(self, config: FineTuneConfig, rank: int, world: int):
         super().__init__(config, rank, world)
         self.check()
-        self.architecture, self.base = hf.load(config.base_model_uri, config.endpoint_url)
+        self.base = hf.Checkpoint(config.base_model_uri, config.endpoint_url)
+        self.architecture = self.base.architecture
         fs, root = filesystem(config.base_model_uri, config.endpoint_url)
         self._tokenizer_json = fs.cat_file(join(root, hf.TOKENIZER))
         self.sequence_length = self.architecture.context_length
@@ -183,8 +187,7 @@ class FineTuning(Recipe):
             )
         return tokenizer
 
-    def model(self, arch: Architecture) -> torch.nn.Module:
-        model = self.network(arch)
+    def start(self, model: torch.nn.Module) -> torch.nn.Module:
         load_base(model, self.base)
         if not self.config.lora:
             return model
@@ -192,25 +195,22 @@ class FineTuning(Recipe):
 
         return lora.add(model, self.config.lora)
 
-    def network(self, arch: Architecture) -> torch.nn.Module:
-        return Transformer(arch)
-
     def identity(self) -> dict:
         return {"method": self.config.method}
 
     def reference(self, device: torch.device) -> torch.nn.Module:
         """A frozen copy of the base model (or of `uri`, which must have its shape), whole on
         every rank: what DPO and GRPO compare the policy with."""
-        tensors, uri = self.base, getattr(self.config, "reference_uri", None)
+        base, uri = self.base, getattr(self.config, "reference_uri", None)
         if uri:
-            arch, tensors = hf.load(uri, self.config.endpoint_url)
-            if arch != self.architecture:
+            base = hf.Checkpoint(uri, self.config.endpoint_url)
+            if base.architecture != self.architecture:
                 raise ConfigError(
                     "spec.dpo.reference: its architecture differs from the base model's; DPO"
                     " compares the two on the same tokens, so use a model of the same shape"
                 )
         reference = Transformer(self.architecture)
-        load_base(reference, tensors)
+        load_base(reference, base)
         return reference.to(device).eval().requires_grad_(False)
 
 
@@ -241,8 +241,8 @@ class RewardModelling(FineTuning):
     def network(self, arch: Architecture) -> torch.nn.Module:
         return Scorer(arch)
 
-    def model(self, arch: Architecture) -> torch.nn.Module:
-        model = super().model(arch)
+    def start(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = super().start(model)
         model.score.requires_grad_(True)  # a new head: trained in full, with or without LoRA
         return model
 
@@ -290,9 +290,10 @@ class Grpo(FineTuning):
     def scorer(self, device: torch.device) -> Scorer:
         """The reward model, frozen: it must read the policy's tokens the policy's way."""
         c = self.config
-        arch, tensors = hf.load(c.reward_model_uri, c.endpoint_url)
+        checkpoint = hf.Checkpoint(c.reward_model_uri, c.endpoint_url)
+        arch = checkpoint.architecture
         fs, root = filesystem(c.reward_model_uri, c.endpoint_url)
-        if "score.weight" not in tensors:
+        if hf.SCORE not in checkpoint.tensors:
             raise ConfigError(
                 "spec.rewardModelRef: its model has no score head (not a RewardModel)"
             )
@@ -307,7 +308,7 @@ class Grpo(FineTuning):
                 f" policy's ({self.architecture.context_length})"
             )
         scorer = Scorer(arch)
-        scorer.load_state_dict(tensors)
+        load_base(scorer, checkpoint)
         return scorer.to(device).eval().requires_grad_(False)
 
 
@@ -325,15 +326,27 @@ def recipe(config: TrainConfig, rank: int, world: int) -> Recipe:
     return RECIPES[type(config)](config, rank, world)
 
 
-def load_base(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """The base model's weights; a Scorer built on a language model keeps its new head and
-    leaves the language-model head out."""
-    if isinstance(model, Scorer) and "score.weight" not in tensors:
-        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
-        tensors["score.weight"] = model.score.weight.detach()
-    elif not isinstance(model, Scorer) and "score.weight" in tensors:
+def load_base(model: torch.nn.Module, base: hf.Checkpoint) -> None:
+    """The base model's weights, in place: each parameter whole, or under FSDP this rank's rows
+    of it, read from the checkpoint (nothing else of it is fetched). A Scorer built on a language
+    model keeps its drawn head and leaves the language-model head out."""
+    scorer, scored = isinstance(model, Scorer), hf.SCORE in base.tensors
+    if scored and not scorer:
         raise ConfigError(
             "spec.baseModel: a reward model (a score head, no language-model head);"
             " start from a language model"
         )
-    model.load_state_dict(tensors)
+    for name, param in model.named_parameters():  # a tied head is listed once, as embedding
+        name = name.replace(CHECKPOINT_PREFIX, "")
+        if name == hf.SCORE and not scored:
+            continue  # a new head: as drawn
+        local, rows = param, None
+        if isinstance(param, DTensor):
+            shape, offset = compute_local_shape_and_global_offset(
+                param.shape, param.device_mesh, param.placements
+            )
+            if tuple(shape[1:]) != tuple(param.shape[1:]):
+                raise NotImplementedError(f"{name}: only the first dimension may be sharded")
+            local, rows = param.to_local(), (offset[0], offset[0] + shape[0])
+        with torch.no_grad():
+            local.copy_(base.read(name, rows))

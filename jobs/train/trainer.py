@@ -296,17 +296,19 @@ class Trainer:
         return torch.from_numpy(batch.astype(np.int64)).to(self.device)
 
     def _build(self) -> torch.nn.Module:
-        """The model, parallelized. Under FSDP a model whose starting weights are drawn is
-        created on the meta device, sharded, then materialized: a rank allocates its shards and
-        never the whole model, and the weights are those an unsharded build draws."""
-        if not self.config.training.parallelism.sharded or not self.recipe.drawn:
-            return self._parallelize(self.recipe.model(self.arch).to(self.device))
+        """The model, parallelized, with its starting weights. Under FSDP it is created on the
+        meta device, sharded, then materialized: a rank allocates its shards and never the whole
+        model, draws the weights an unsharded build draws (its part of them), and reads its rows
+        of a base model's."""
+        if not self.config.training.parallelism.sharded:
+            model = self.recipe.start(self.recipe.network(self.arch))
+            return self._parallelize(model.to(self.device))
         with torch.device("meta"):
-            model = self.recipe.model(self.arch)
+            model = self.recipe.network(self.arch)
         model = self._parallelize(model)
         model.to_empty(device=self.device)
         model.init_weights()
-        return model
+        return self.recipe.start(model)
 
     def _parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
         t = self.config.training

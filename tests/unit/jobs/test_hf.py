@@ -148,6 +148,10 @@ BAD = {
         r"model\.safetensors: weights not found",
     ),
     "extra tensor": (add_tensor, r"model\.safetensors: unexpected tensors model\.extra\.weight"),
+    "not safetensors": (
+        lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64),
+        r"model\.safetensors: not a safetensors file",
+    ),
 }
 
 
@@ -172,3 +176,32 @@ def test_bad_checkpoint_is_refused_naming_file_and_field(tmp_path, case):
 def test_export_refuses_a_model_of_another_architecture(tmp_path, built, claimed, message):
     with pytest.raises(ValueError, match=message):
         hf.export(model(built), claimed, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_of_a_tensor_are_read_alone_and_exactly(tmp_path, dtype):
+    """What a rank of an FSDP gang reads of a base model: its rows of each tensor, fetched as
+    one byte range each, equal to the rows of the whole tensor; two halves fetch the file's
+    tensor bytes once between them, and an empty range (a rank past the last row) is empty."""
+    arch = small(tied_embeddings=True)
+    state = model(arch).to(dtype).state_dict()
+    checkpoint = hf.Checkpoint(hf.export(state, arch, tmp_path))
+    fetched = []
+    cat_ranges = checkpoint.fs.cat_ranges
+
+    def counting(paths, starts, ends):
+        fetched.extend(e - s for s, e in zip(starts, ends, strict=True))
+        return cat_ranges(paths, starts, ends)
+
+    checkpoint.fs.cat_ranges = counting
+    for name in checkpoint.tensors:
+        rows = state[name].shape[0]
+        first, second = (
+            checkpoint.read(name, (0, rows // 2)),
+            checkpoint.read(name, (rows // 2, rows)),
+        )
+        assert torch.equal(torch.cat([first, second]), state[name]) and first.dtype == dtype
+    assert checkpoint.read("lm_head.weight", (3, 3)).shape == (0, arch.d_model)
+    whole = sum(t.numel() * t.element_size() for k, t in state.items() if k != "lm_head.weight")
+    assert sum(fetched) == whole
+    assert checkpoint.read("lm_head.weight").equal(state["model.embed_tokens.weight"])  # tied

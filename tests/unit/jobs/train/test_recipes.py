@@ -214,3 +214,26 @@ def test_a_reference_or_reward_model_that_does_not_match_is_refused(tmp_path, ba
         result = train(tmp_path / str(n), cfg)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not events(tmp_path / str(n), "step")
+
+
+@pytest.mark.parametrize("method", ["sft", "reward"])
+def test_fsdp_reads_each_ranks_rows_of_the_base_and_trains_as_ddp_does(
+    tmp_path, base, pairs, method
+):
+    """Under FSDP the model is built on the meta device and each rank reads its rows of the
+    base model into its shards (a reward model's new head drawn as an unsharded build draws
+    it): the same steps as DDP, which loads the whole base on every rank."""
+    base_dir, _ = base
+
+    def losses(folder, strategy):
+        if method == "sft":
+            cfg = sft_config(folder, base_dir, steps=4)
+        else:
+            cfg = preference_config(folder, base_dir, pairs, "reward", steps=4)
+        cfg["training"]["parallelism"] = {"strategy": strategy}
+        result = train(folder, cfg)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [e["loss"] for e in events(folder, "step")]
+
+    ddp, fsdp = losses(tmp_path / "ddp", "ddp"), losses(tmp_path / "fsdp", "fsdp")
+    assert len(fsdp) == 4 and fsdp == pytest.approx(ddp, rel=1e-4)

@@ -78,13 +78,15 @@ def test_a_cache_too_small_for_two_blocks_is_refused_before_step_1(
     assert not events(tmp_path, "step")
 
 
-def test_fsdp_builds_only_each_ranks_shards_with_the_weights_of_an_unsharded_build(root):
+@pytest.mark.parametrize("base", [False, True], ids=["drawn", "from-a-base"])
+def test_fsdp_builds_only_each_ranks_shards_with_the_weights_of_an_unsharded_build(root, base):
     """benchmarks/init_memory.py on the small preset (221 MiB of weights) over 2 ranks: the
-    trainer's FSDP model equals an unsharded build bit for bit, and building it grows a rank by
-    its half and the fixed overhead, where building the whole model first also adds the rest."""
+    trainer's FSDP model equals an unsharded build (or the base checkpoint it read) bit for bit,
+    and building it grows a rank by its half and the fixed overhead, where building the whole
+    model first (and reading the whole base) also adds the rest."""
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "init_memory.py"),
-                           "--preset", "small", "--check"], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+                           "--preset", "small", "--check", *(["--base"] if base else [])],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     whole, sharded = json.loads(done.stdout.splitlines()[-1])["builds"]
     assert sharded["equal"] is True
