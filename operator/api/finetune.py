@@ -87,9 +87,9 @@ class FineTuneSpec(TrainingWorkload):
     preferences: Preferences | None = None
     """Preference data (method dpo)."""
     prompts: Prompts | None = None
-    """Prompts for rollouts (methods ppo and grpo)."""
+    """Prompts for rollouts (method grpo)."""
     reward_model_ref: LocalRef | None = None
-    """The RewardModel that scores rollouts (methods ppo and grpo)."""
+    """The RewardModel that scores rollouts (method grpo)."""
     dpo: Dpo = Field(default_factory=Dpo)
     rl: Rl = Field(default_factory=Rl)
 
@@ -101,14 +101,20 @@ class FineTuneSpec(TrainingWorkload):
             ".preferences",
         ),
         Rule(
-            "!(self.method in ['ppo', 'grpo']) || has(self.rewardModelRef)",
-            "methods ppo and grpo need spec.rewardModelRef",
+            "self.method != 'grpo' || has(self.rewardModelRef)",
+            "method grpo needs spec.rewardModelRef",
             ".rewardModelRef",
         ),
         Rule(
-            "!(self.method in ['ppo', 'grpo']) || has(self.prompts)",
-            "methods ppo and grpo need spec.prompts",
+            "self.method != 'grpo' || has(self.prompts)",
+            "method grpo needs spec.prompts",
             ".prompts",
+        ),
+        Rule(
+            "self.method != 'ppo'",
+            "method ppo is not available in this version: use grpo (a group of replies per"
+            " prompt takes the place of PPO's value model)",
+            ".method",
         ),
     )
 

@@ -21,7 +21,7 @@ from lmforge.operator.api.jobs import (
 )
 from lmforge.operator.api.pretrainjob import PretrainJob
 from lmforge.operator.api.rewardmodel import RewardModel
-from lmforge.operator.stages.base import Description, Inputs, SpecError, Stage, Store, artifact
+from lmforge.operator.stages.base import Description, Inputs, Stage, Store, artifact
 
 MODULE = "lmforge.jobs.train"
 
@@ -229,12 +229,6 @@ class RewardModelStage(FineTuneStage):
 def _method(job: FineTune | RewardModel) -> str:
     if job.kind == "RewardModel":
         return "reward"
-    if job.spec.method == "ppo":
-        raise SpecError(
-            "spec.method",
-            "ppo is not available in this version: use grpo (a group of replies per prompt takes"
-            " the place of PPO's value model)",
-        )
     return job.spec.method
 
 

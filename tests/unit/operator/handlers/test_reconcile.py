@@ -403,28 +403,6 @@ def test_finetune_waits_for_its_base_model_then_runs_the_gang(cluster, events):
     }
 
 
-def test_a_method_not_built_yet_fails_naming_the_field(cluster, events):
-    cluster.add(
-        PRETRAIN, status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://m"}]}}
-    )
-    cluster.add(
-        "apiVersion: lmforge.dev/v1alpha1\nkind: RewardModel\nmetadata: {name: rm}\nspec:\n"
-        "  baseModel: {uri: s3://m}\n  preferences: {uri: s3://p}\n",
-        status={"phase": "Succeeded", "lineage": {"outputs": [{"uri": "s3://rm"}]}},
-    )
-    cluster.add(
-        FINETUNE.replace("METHOD", "ppo").replace(
-            "lora: {rank: 4}", 'rewardModelRef: {name: rm}\n  prompts: {uri: "s3://p"}'
-        )
-    )
-    with pytest.raises(kopf.PermanentError):
-        run("FineTune", "chat")
-    status = cluster.status("finetunes", "chat")
-    assert status["phase"] == "Failed"
-    assert condition(status, "Failed")["message"].startswith("spec.method: ppo is not available")
-    assert cluster.pods() == {}
-
-
 def config_of(cluster, name: str) -> dict:
     return json.loads(
         cluster.objects[("ConfigMap", "team-a", f"{name}-config")]["data"]["config.json"]

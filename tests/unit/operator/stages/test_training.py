@@ -111,14 +111,6 @@ def test_finetune_reads_what_its_method_needs(resource, defaults, method, extra,
     ]
 
 
-def test_ppo_is_refused_naming_the_field(resource, defaults):
-    job = resource(FINETUNE, method="ppo", rewardModelRef={"name": "rm"}, prompts={"uri": "s3://p"})
-    inputs = {"spec.baseModel.pretrainJobRef": DATASET, "spec.rewardModelRef": DATASET}
-    with pytest.raises(SpecError) as refused:
-        describe(job, inputs, defaults)
-    assert refused.value.field == "spec.method" and "use grpo" in str(refused.value)
-
-
 def test_storage_unset_everywhere_names_the_field(resource):
     job = resource(storage={})
     with pytest.raises(SpecError, match=r"^spec\.storage\.uri: is unset"):
