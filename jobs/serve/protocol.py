@@ -16,6 +16,8 @@ from lmforge.jobs.serve.engine import Output
 from lmforge.jobs.serve.guard import ApiError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+MAX_CANDIDATES = 16
+"""The most `n` a request may ask for: each candidate holds a slot of the engine's batch."""
 Stop = Annotated[list[str], Field(max_length=4)]
 
 
@@ -37,7 +39,8 @@ class Body(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CANDIDATES)
+    """Candidates for the prompt, each sampled on its own (with a seed: seed, seed + 1, ...)."""
 
     def text(self) -> str:
         raise NotImplementedError
@@ -45,16 +48,27 @@ class Body(BaseModel):
     def requested_tokens(self) -> int | None:
         return self.max_tokens
 
-    def sampling(self, max_tokens: int) -> Sampling:
+    def samplings(self, max_tokens: int) -> list[Sampling]:
+        """One per candidate: with a seed, candidate i samples from seed + i, so that the n
+        differ and each is reproducible."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        return Sampling(
-            max_tokens,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            tuple(s for s in stop if s),
-            self.seed,
-        )
+        return [
+            Sampling(
+                max_tokens,
+                self.temperature,
+                self.top_p,
+                self.top_k,
+                tuple(s for s in stop if s),
+                None if self.seed is None else self.seed + i,
+            )
+            for i in range(self.n)
+        ]
+
+    @model_validator(mode="after")
+    def _one_stream(self):
+        if self.stream and self.n > 1:
+            raise ValueError("n: a stream carries one candidate; set stream false for n > 1")
+        return self
 
 
 class CompletionBody(Body):
@@ -133,38 +147,48 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
 
 def chunk(ident: str, model: str, chat: bool, text: str, reason: str | None) -> dict:
     """A streamed piece: a chat delta (empty in the last one), or a completion's text."""
+    kind = "chat.completion.chunk" if chat else None
     delta = {"delta": {"content": text} if text or not reason else {}}
-    return envelope(ident, model, "chat.completion.chunk" if chat else None, delta, text, reason)
+    return envelope(ident, model, kind, [choice(0, kind, delta, text, reason)])
 
 
-def response(ident: str, model: str, chat: bool, text: str, reason: str, last: Output) -> dict:
-    """A whole reply, with its usage."""
-    message = {"message": {"role": "assistant", "content": text}}
+def response(ident: str, model: str, chat: bool, replies: list[tuple[str, str]],
+             last: list[Output]) -> dict:  # fmt: skip
+    """A whole answer: a choice per candidate (text, finish reason), and the usage of all (the
+    prompt counted once)."""
     kind = "chat.completion" if chat else None
-    return envelope(ident, model, kind, message, text, reason) | {"usage": usage(last)}
+    choices = [
+        choice(i, kind, {"message": {"role": "assistant", "content": text}}, text, reason)
+        for i, (text, reason) in enumerate(replies)
+    ]
+    return envelope(ident, model, kind, choices) | {"usage": usage(last)}
 
 
-def envelope(ident, model, chat_kind: str | None, content: dict, text: str, reason) -> dict:
-    """OpenAI's response shape around one choice: a chat one holds `content` (message or
-    delta), a completion one the text."""
+def choice(index: int, chat_kind: str | None, content: dict, text: str, reason) -> dict:
+    """One choice: a chat one holds `content` (message or delta), a completion one the text."""
     if chat_kind:
-        choice = {"index": 0, **content, "finish_reason": reason}
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
+        return {"index": index, **content, "finish_reason": reason}
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+
+
+def envelope(ident, model, chat_kind: str | None, choices: list[dict]) -> dict:
+    """OpenAI's response shape around the choices."""
     return {
         "id": ident,
         "object": chat_kind or "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
+        "choices": choices,
     }
 
 
-def usage(last: Output) -> dict:
+def usage(last: list[Output]) -> dict:
+    """The prompt's tokens (read once) and every candidate's completion tokens."""
+    prompt, completion = last[0].prompt_tokens, sum(o.completion_tokens for o in last)
     return {
-        "prompt_tokens": last.prompt_tokens,
-        "completion_tokens": last.completion_tokens,
-        "total_tokens": last.prompt_tokens + last.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 

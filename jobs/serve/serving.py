@@ -55,14 +55,14 @@ class Metrics:
         self.batch.set(batch)
         self.queue.set(queued)
 
-    def answered(self, started: float, first: float | None, last: Output | None) -> None:
+    def answered(self, started: float, first: float | None, generated: int | None) -> None:
         if first is not None:
             self.ttft.observe(first - started)
-        if last is not None:
-            self.tokens.inc(last.completion_tokens)
+        if generated is not None:
+            self.tokens.inc(generated)
             elapsed = time.monotonic() - started
             if elapsed > 0:
-                self.tokens_per_second.set(last.completion_tokens / elapsed)
+                self.tokens_per_second.set(generated / elapsed)
 
 
 class Serving:
@@ -100,9 +100,9 @@ class Serving:
             )
         return key, raw
 
-    def admit(self, key: str | None, body: Body) -> tuple[list[int], Sampling]:
-        """The prompt's tokens and the sampling, once the model, the key, the limits and the rate
-        allow them."""
+    def admit(self, key: str | None, body: Body) -> tuple[list[int], list[Sampling]]:
+        """The prompt's tokens and each candidate's sampling, once the model, the key, the limits
+        and the rate allow them."""
         served, limits = self.config.served_model_name, self.config.limits
         if body.model != served:
             raise ApiError(
@@ -119,7 +119,7 @@ class Serving:
                 f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})",
                 param="max_tokens",
             )
-        sampling = body.sampling(max_tokens or protocol.DEFAULT_MAX_TOKENS)
+        samplings = body.samplings(max_tokens or protocol.DEFAULT_MAX_TOKENS)
         prompt = self.engine.tokenizer.encode(body.text(), add_special_tokens=False).ids
         longest = min(limits.max_prompt_tokens or self.engine.context - 1, self.engine.context - 1)
         if not prompt:
@@ -131,8 +131,8 @@ class Serving:
                 param="prompt",
                 code="context_length_exceeded",
             )
-        self.limiter.request(key, len(prompt) + sampling.max_tokens)
-        return prompt, sampling
+        self.limiter.request(key, len(prompt) + sum(s.max_tokens for s in samplings))
+        return prompt, samplings
 
     async def run(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Output]:
         """The engine's outputs for one request, as they come; cancels it if abandoned."""
@@ -173,7 +173,7 @@ class Serving:
             try:
                 key, raw = await self.read(request)
                 body = protocol.parse(raw, body_type)
-                prompt, sampling = self.admit(key, body)
+                prompt, samplings = self.admit(key, body)
             except ApiError as error:
                 self.record(route, key, started, error.status, error=error.message)
                 raise
@@ -181,36 +181,50 @@ class Serving:
             self.metrics.prompt_tokens.inc(len(prompt))
             reply = Reply(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", body, chat)
 
-            def done(last: Output | None, text: str, reason: str | None) -> None:
+            def done(generated: int, replies: list[tuple[str, str | None]]) -> None:
+                texts, reasons = [t for t, _ in replies], [r for _, r in replies]
+                one = len(replies) == 1
                 self.record(
                     route,
                     key,
                     started,
                     200,
                     model=body.model,
-                    finish_reason=reason,
+                    finish_reason=reasons[0] if one else reasons,
                     prompt_tokens=len(prompt),
-                    completion_tokens=last.completion_tokens if last else 0,
+                    completion_tokens=generated,
                     prompt=body.text(),
-                    completion=text,
+                    completion=texts[0] if one else texts,
                 )
 
-            outputs = self.run(prompt, sampling)
-            if body.stream:
-                stream = self.stream(outputs, reply, started, done)
+            if body.stream:  # one candidate (the body says so)
+                stream = self.stream(self.run(prompt, samplings[0]), reply, started, done)
                 return StreamingResponse(stream, media_type="text/event-stream")
-            return await self.whole(outputs, reply, started, done)
+            candidates = [self.run(prompt, sampling) for sampling in samplings]
+            return await self.whole(candidates, reply, started, done)
 
-    async def whole(self, outputs: AsyncIterator[Output], reply: Reply, started: float, done):
-        text, last, first = "", None, None
-        async for output in outputs:
-            first = first or time.monotonic()
-            text, last = text + output.text, output
-        text, refused = self.safety.apply(text)
-        reason = "content_filter" if refused else last.finish_reason
-        self.metrics.answered(started, first, last)
-        done(last, text, reason)
-        return protocol.response(reply.ident, reply.model, reply.chat, text, reason, last)
+    async def whole(
+        self, candidates: list[AsyncIterator[Output]], reply: Reply, started: float, done
+    ):
+        """Every candidate, generated side by side in the engine's batch, each through the
+        safety filter."""
+        firsts: list[float] = []
+
+        async def one(outputs: AsyncIterator[Output]) -> tuple[str, str, Output]:
+            text, last = "", None
+            async for output in outputs:
+                if last is None:
+                    firsts.append(time.monotonic())
+                text, last = text + output.text, output
+            text, refused = self.safety.apply(text)
+            return text, "content_filter" if refused else last.finish_reason, last
+
+        answers = await asyncio.gather(*(one(c) for c in candidates))
+        replies, last = [(t, r) for t, r, _ in answers], [o for _, _, o in answers]
+        generated = sum(o.completion_tokens for o in last)
+        self.metrics.answered(started, min(firsts, default=None), generated)
+        done(generated, replies)
+        return protocol.response(reply.ident, reply.model, reply.chat, replies, last)
 
     async def stream(
         self, outputs: AsyncIterator[Output], reply: Reply, started: float, done: Callable
@@ -234,11 +248,12 @@ class Serving:
                 yield protocol.event(reply.chunk(text[sent:ready], reason))
                 sent = ready
             last = output
-        self.metrics.answered(started, first, last)
-        done(last, text, reason)
+        generated = last.completion_tokens if last else 0
+        self.metrics.answered(started, first, generated if last else None)
+        done(generated, [(text, reason)])
         if reply.usage and last is not None:  # OpenAI's stream_options.include_usage: a last chunk
             yield protocol.event(
-                {**reply.chunk("", None), "choices": [], "usage": protocol.usage(last)}
+                {**reply.chunk("", None), "choices": [], "usage": protocol.usage([last])}
             )
         yield "data: [DONE]\n\n"
 

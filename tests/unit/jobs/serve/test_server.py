@@ -138,6 +138,28 @@ def test_greedy_output_equals_transformers_generate(serve, model_dir, loaded):
         assert got.choices[0].text == tokenizer.decode(expected), prompt
 
 
+def test_n_candidates_are_sampled_each_on_its_own_seed(serve):
+    """n > 1: a choice per candidate, indexed, each what a request of n=1 with seed + i gives;
+    the usage counts the prompt once and every candidate's tokens; chat alike."""
+    api = client(serve())
+    ask = dict(model=NAME, prompt="def load(", max_tokens=8, temperature=1.0, seed=7)
+    done = api.completions.create(**ask, n=3)
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    alone = [api.completions.create(**(ask | {"seed": 7 + i})).choices[0] for i in range(3)]
+    assert [c.text for c in done.choices] == [c.text for c in alone]
+    assert len({c.text for c in done.choices}) > 1  # sampled apart, not one reply three times
+    one = api.completions.create(**ask)
+    assert done.usage.prompt_tokens == one.usage.prompt_tokens
+    assert done.usage.completion_tokens == sum(
+        api.completions.create(**(ask | {"seed": 7 + i})).usage.completion_tokens for i in range(3)
+    )
+    chat = api.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6, seed=1, n=2
+    )
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert all(c.message.role == "assistant" for c in chat.choices)
+
+
 @pytest.mark.parametrize(("body", "status", "param", "words"), [
     (b"{not json", 400, None, "not valid JSON"),
     (b"[1, 2]", 400, None, "JSON object"),
@@ -147,7 +169,8 @@ def test_greedy_output_equals_transformers_generate(serve, model_dir, loaded):
     (json.dumps({"model": NAME, "prompt": "x", "max_tokens": 100000}).encode(), 400, "max_tokens", "more than this server allows"),
     (json.dumps({"model": NAME, "prompt": "x" * 5000}).encode(), 400, "prompt", "this server takes at most"),
     (json.dumps({"model": NAME}).encode(), 400, "prompt", "Field required"),
-    (json.dumps({"model": NAME, "prompt": "x", "n": 2}).encode(), 400, "n", "less than or equal to 1"),
+    (json.dumps({"model": NAME, "prompt": "x", "n": 17}).encode(), 400, "n", "less than or equal to 16"),
+    (json.dumps({"model": NAME, "prompt": "x", "n": 2, "stream": True}).encode(), 400, None, "n: a stream carries one candidate"),
 ])  # fmt: skip
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
     serve, body, status, param, words
