@@ -133,28 +133,32 @@ class Checkpoint:
     """
 
     def __init__(self, uri: str | Path, endpoint_url: str | None = None):
-        self.uri = uri = str(uri).rstrip("/")
-        self.fs, root = filesystem(uri, endpoint_url)
-        config = _read_json(self.fs, root, CONFIG)
+        uri = str(uri).rstrip("/")
+        self.fs, self.root = fs, root = filesystem(uri, endpoint_url)
+        config = _read_json(fs, root, CONFIG)
         if config is None:
             raise ValueError(f"{uri}/{CONFIG}: not found; a Hugging Face model directory has one")
         self.architecture = arch = architecture_from_config(config, f"{uri}/{CONFIG}")
-        self.where = where = f"{uri}/{WEIGHTS}"
+        where = f"{uri}/{WEIGHTS}"
         self.tensors: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}
         """name -> (path, dtype, shape, offset of its first byte)"""
-        index = _read_json(self.fs, root, INDEX)
+        index = _read_json(fs, root, INDEX)
         files = [WEIGHTS]
         if index is not None:
-            self.where = where = f"{uri}/{INDEX}"
+            where = f"{uri}/{INDEX}"
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             files = sorted(set((weight_map or {}).values()))
             if not files:
                 raise ValueError(f"{where}: weight_map is missing or empty")
         for name in files:
-            self.tensors |= _header(self.fs, join(root, name), f"{uri}/{name}")
+            self.tensors |= _header(fs, join(root, name), f"{uri}/{name}")
         if arch.tied_embeddings or SCORE in self.tensors:
             self.tensors.pop("lm_head.weight", None)  # some exporters write the tied copy
         check_shapes({k: shape for k, (_, _, shape, _) in self.tensors.items()}, arch, where)
+
+    def file(self, name: str) -> bytes:
+        """Another file of the directory (tokenizer.json, ...), whole."""
+        return self.fs.cat_file(join(self.root, name))
 
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Tensor `name`, or rows [start, stop) of its first dimension."""

@@ -152,8 +152,7 @@ class FineTuning(Recipe):
         self.check()
         self.base = hf.Checkpoint(config.base_model_uri, config.endpoint_url)
         self.architecture = self.base.architecture
-        fs, root = filesystem(config.base_model_uri, config.endpoint_url)
-        self._tokenizer_json = fs.cat_file(join(root, hf.TOKENIZER))
+        self._tokenizer_json = self.base.file(hf.TOKENIZER)
         self.sequence_length = self.architecture.context_length
         self.vocab_size = self.architecture.vocab_size
         try:
@@ -292,12 +291,11 @@ class Grpo(FineTuning):
         c = self.config
         checkpoint = hf.Checkpoint(c.reward_model_uri, c.endpoint_url)
         arch = checkpoint.architecture
-        fs, root = filesystem(c.reward_model_uri, c.endpoint_url)
         if hf.SCORE not in checkpoint.tensors:
             raise ConfigError(
                 "spec.rewardModelRef: its model has no score head (not a RewardModel)"
             )
-        if fs.cat_file(join(root, hf.TOKENIZER)) != self.tokenizer_json():
+        if checkpoint.file(hf.TOKENIZER) != self.tokenizer_json():
             raise ConfigError(
                 "spec.rewardModelRef: its tokenizer differs from the base model's; train the"
                 " reward model from the same base model (or one with the same tokenizer)"
